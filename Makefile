@@ -1,0 +1,65 @@
+# spikedet: every install step lives here. `make demo` and `make test` set up on first use.
+# Pins live in pyproject.toml (extras "train" and "lava"); README.md explains them.
+SHELL := /bin/bash
+VENV := .venv
+LAVA_VENV := .venv-lava
+PY := $(VENV)/bin/python
+LAVA_PY := $(LAVA_VENV)/bin/python
+STAMP := $(VENV)/.spikedet-installed
+LAVA_STAMP := $(LAVA_VENV)/.spikedet-installed
+DEMO_OUT ?= runs/demo
+
+# Python >= 3.11 for the core environment.
+PYTHON311 ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	  if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then command -v $$p; break; fi; done)
+# Python 3.10 for Lava (lava-nc 0.10.0 supports only 3.10). The bare pyenv shim may refuse to
+# run when pyenv's global version differs, so the pyenv install folders are searched first.
+PYTHON310 ?= $(shell bash scripts/find_python310.sh)
+
+.PHONY: setup setup-core setup-lava test lint demo demo-fast clean-venvs help
+help:
+	@echo "make demo   - set up (first time) and run the whole pipeline end to end"
+	@echo "make test   - set up (first time), lint, and run the test suite in both environments"
+	@echo "make setup  - create .venv (core, torch) and .venv-lava (Lava, Python 3.10); idempotent"
+
+setup: setup-core setup-lava
+
+setup-core: $(STAMP)
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON311)" || { echo "spikedet setup: no Python >= 3.11 found; install one (e.g. 'pyenv install 3.11')" >&2; exit 2; }
+	@test -x $(PY) || $(PYTHON311) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23.2" "setuptools>=68" wheel
+	# torch first and pinned: with 2.13.0 present nothing else pulls a CUDA build.
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[train]"
+	@touch $(STAMP)
+
+setup-lava: $(LAVA_STAMP)
+$(LAVA_STAMP): pyproject.toml
+	@if [ -z "$(PYTHON310)" ]; then \
+	  echo "spikedet setup: Python 3.10 not found, so the Lava environment ($(LAVA_VENV)) was not created." >&2; \
+	  echo "  Install it with 'pyenv install 3.10.13' (or apt/deadsnakes python3.10 python3.10-venv) and re-run 'make setup'," >&2; \
+	  echo "  or set PYTHON310=/path/to/python3.10. Until then the 'lava' engine reports itself unavailable." >&2; \
+	  if [ -n "$$CI" ]; then exit 2; fi; \
+	else \
+	  set -e; test -x $(LAVA_PY) || $(PYTHON310) -m venv $(LAVA_VENV); \
+	  $(LAVA_PY) -m pip install -q --upgrade "pip>=23" "setuptools>=68" wheel; \
+	  $(LAVA_PY) -m pip install -q -e ".[lava]"; \
+	  touch $(LAVA_STAMP); \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check spikedet tests benchmarks
+	$(VENV)/bin/ruff format --check spikedet tests benchmarks
+
+test: setup lint
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(VENV)/bin/spikedet demo --out $(DEMO_OUT)
+
+demo-fast: setup
+	$(VENV)/bin/spikedet demo --fast --out $(DEMO_OUT)-fast
+
+clean-venvs:
+	rm -rf $(VENV) $(LAVA_VENV)

@@ -1,0 +1,1 @@
+"""spikedet.deploy."""

@@ -1,0 +1,178 @@
+"""SpikeYOLO building blocks on time-first tensors ``[T, B, C, H, W]``.
+
+Blocks pass *membrane-level* tensors (currents, before a neuron) between each other, as in
+SpikeYOLO/MS-ResNet: every ``SpikeConv`` starts with its own I-LIF, and residual additions
+happen on currents. Each block has ``forward`` (numbers) and ``trace`` (structure for export):
+``trace`` mirrors ``forward`` on symbolic values so the NIR exporter needs no tracing of torch
+ops. The contract of ``trace`` (docs/semantics.md §2):
+
+- a *current* is a ``Current``: the tuple of conv-node names whose outputs sum into it;
+- ``builder.spikes(current, neuron)`` returns the population reading that current (the builder
+  reuses one population for equal currents, since I-LIFs on the same input spike identically);
+- ``builder.conv(src, conv_bn)`` adds a (BN-folded) conv node fed by a population (or the
+  graph input when ``src`` is ``builder.input``) and returns its ``Current``;
+- ``builder.readout(current, role)`` ends a current in a non-spiking integrator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+from torch import Tensor, nn
+
+from spikedet.train.neurons import ILIF
+
+
+class Current(NamedTuple):
+    """Symbolic membrane input: the conv nodes whose outputs are summed (fan-in)."""
+
+    terms: tuple[str, ...]
+
+    def __add__(self, other: Current) -> Current:  # type: ignore[override]
+        return Current(self.terms + other.terms)
+
+
+class Builder(Protocol):
+    input: Any
+
+    def spikes(self, current: Current, neuron: ILIF) -> Any: ...
+
+    def conv(self, src: Any, conv_bn: ConvBN) -> Current: ...
+
+    def readout(self, current: Current, role: str) -> str: ...
+
+
+def seq_apply(module: nn.Module, x: Tensor) -> Tensor:
+    """Apply a per-frame module to ``[T, B, ...]`` by folding time into the batch."""
+    t, b = x.shape[:2]
+    y = module(x.flatten(0, 1))
+    return y.view(t, b, *y.shape[1:])
+
+
+class ConvBN(nn.Module):
+    """Conv2d (per time step) followed by BatchNorm2d whose statistics are shared over T.
+
+    BN over the folded ``T*B`` batch equals EMS-YOLO's BatchNorm3d over (B, T, H, W).
+    """
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int = 1,
+        s: int = 1,
+        p: int | None = None,
+        groups: int = 1,
+        bias: bool = False,
+        bn: bool = True,
+    ):
+        super().__init__()
+        p = k // 2 if p is None else p
+        self.conv = nn.Conv2d(cin, cout, k, s, p, groups=groups, bias=bias)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.03) if bn else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = seq_apply(self.conv, x)
+        return seq_apply(self.bn, y) if self.bn is not None else y
+
+
+class SpikeConv(nn.Module):
+    """I-LIF -> Conv -> BN (SpikeYOLO's MS_StandardConv / SpikeConv): current in, current out."""
+
+    def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1, groups: int = 1,
+                 levels: int = 4, bias: bool = False, bn: bool = True):
+        super().__init__()
+        self.lif = ILIF(levels)
+        self.cb = ConvBN(cin, cout, k, s, groups=groups, bias=bias, bn=bn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cb(self.lif(x))
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        return g.conv(g.spikes(x, self.lif), self.cb)
+
+
+class MSDownSampling(nn.Module):
+    """[I-LIF ->] Conv(k, s, bias) -> BN. The first layer has no neuron (real-valued input)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, s: int = 2, p: int = 1,
+                 first: bool = False, levels: int = 4):
+        super().__init__()
+        self.lif = None if first else ILIF(levels)
+        self.cb = ConvBN(cin, cout, k, s, p, bias=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.cb(x if self.lif is None else self.lif(x))
+
+    def trace(self, g: Builder, x: Any) -> Current:
+        src = g.input if self.lif is None else g.spikes(x, self.lif)
+        return g.conv(src, self.cb)
+
+
+class SepConv(nn.Module):
+    """Inverted separable conv (expansion 2): 1x1 up, depthwise k x k, 3x3 down (deploy form)."""
+
+    def __init__(self, c: int, k: int = 7, levels: int = 4):
+        super().__init__()
+        self.pw = SpikeConv(c, 2 * c, 1, levels=levels)
+        self.dw = SpikeConv(2 * c, 2 * c, k, groups=2 * c, levels=levels)
+        self.out = SpikeConv(2 * c, c, 3, levels=levels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.dw(self.pw(x)))
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        return self.out.trace(g, self.dw.trace(g, self.pw.trace(g, x)))
+
+
+class MSAllConvBlock(nn.Module):
+    """SNN-Block-1: X' = X + SepConv(X);  Y = X' + SpikeConv3(rC->C)(SpikeConv3(C->rC)(X'))."""
+
+    def __init__(self, c: int, ratio: int = 4, k: int = 7, levels: int = 4):
+        super().__init__()
+        self.sep = SepConv(c, k, levels)
+        self.conv1 = SpikeConv(c, ratio * c, 3, levels=levels)
+        self.conv2 = SpikeConv(ratio * c, c, 3, levels=levels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.sep(x)
+        return x + self.conv2(self.conv1(x))
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        x = x + self.sep.trace(g, x)
+        return x + self.conv2.trace(g, self.conv1.trace(g, x))
+
+
+class DetectBranch(nn.Module):
+    """Two SpikeConv3x3 then I-LIF -> Conv1x1 with bias (no BN): one head output."""
+
+    def __init__(self, cin: int, chid: int, cout: int, levels: int = 4):
+        super().__init__()
+        self.c1 = SpikeConv(cin, chid, 3, levels=levels)
+        self.c2 = SpikeConv(chid, chid, 3, levels=levels)
+        self.pred = SpikeConv(chid, cout, 1, levels=levels, bias=True, bn=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pred(self.c2(self.c1(x)))
+
+    def trace(self, g: Builder, x: Current, role: str) -> str:
+        return g.readout(self.pred.trace(g, self.c2.trace(g, self.c1.trace(g, x))), role)
+
+
+def time_mean(y: Tensor) -> Tensor:
+    """Head outputs are averaged over time steps (both papers)."""
+    return y.mean(0)
+
+
+__all__ = [
+    "Builder",
+    "ConvBN",
+    "Current",
+    "DetectBranch",
+    "MSAllConvBlock",
+    "MSDownSampling",
+    "SepConv",
+    "SpikeConv",
+    "seq_apply",
+    "time_mean",
+]

@@ -1,0 +1,133 @@
+"""Spiking neurons: one pure step function per neuron, and thin multi-step modules.
+
+Equations: docs/semantics.md §1. Tensors are time-first, ``[T, B, ...]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+# ---------------------------------------------------------------------------------------------
+# I-LIF (SpikeYOLO): s = round_half_even(clamp(u, 0, D)), soft reset by the integer spike.
+
+
+class _QuantizeSTE(torch.autograd.Function):
+    """Q_D(u) = round(clamp(u, 0, D)) (half to even); straight-through gradient on 0 <= u <= D."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, levels: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.levels = levels
+        return torch.round(torch.clamp(u, 0.0, float(levels)))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        inside = (u >= 0) & (u <= ctx.levels)
+        return grad * inside.to(grad.dtype), None
+
+
+def quantize_spike(u: Tensor, levels: int) -> Tensor:
+    """Integer spike count in {0..levels} with a straight-through gradient."""
+    return _QuantizeSTE.apply(u, levels)
+
+
+class ILIFState(NamedTuple):
+    u: Tensor  # membrane after the previous step's charge
+    s: Tensor  # previous integer spike (detached)
+
+
+def ilif_step(
+    x: Tensor, state: ILIFState | None, levels: int = 4, beta: float = 0.25, alpha: float = 1.0
+) -> tuple[Tensor, ILIFState]:
+    """One I-LIF step.
+
+    u_t = beta * (u_{t-1} - s_{t-1}) + alpha * x_t;  s_t = round(clamp(u_t, 0, D)).
+    The reset term uses the detached previous spike (the papers' soft reset).
+    """
+    u = alpha * x if state is None else beta * (state.u - state.s) + alpha * x
+    s = quantize_spike(u, levels)
+    return s, ILIFState(u=u, s=s.detach())
+
+
+class ILIF(nn.Module):
+    """Multi-step I-LIF over ``[T, ...]`` input; returns integer spike counts ``[T, ...]``.
+
+    COCO (SpikeYOLO): D=4, beta=0.25, alpha=1. Gen1 variant: beta=0.5, alpha=0.5.
+    """
+
+    def __init__(self, levels: int = 4, beta: float = 0.25, alpha: float = 1.0):
+        super().__init__()
+        self.levels, self.beta, self.alpha = int(levels), float(beta), float(alpha)
+
+    def forward(self, x: Tensor) -> Tensor:
+        state: ILIFState | None = None
+        out = []
+        for t in range(x.shape[0]):
+            s, state = ilif_step(x[t], state, self.levels, self.beta, self.alpha)
+            out.append(s)
+        return torch.stack(out)
+
+    def extra_repr(self) -> str:
+        return f"D={self.levels}, beta={self.beta}, alpha={self.alpha}"
+
+
+def to_binary_slots(s: Tensor, levels: int) -> Tensor:
+    """Thermometer code: ``[T, ...]`` integers -> ``[T*D, ...]`` binary, slot d fires iff d < s."""
+    d = torch.arange(levels, device=s.device, dtype=s.dtype).view(1, levels, *([1] * (s.dim() - 1)))
+    bits = (d < s.unsqueeze(1)).to(s.dtype)
+    return bits.reshape(s.shape[0] * levels, *s.shape[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# EMS LIF (EMS-YOLO): hard reset to 0, strict threshold, rectangular surrogate on (0, 1).
+
+
+class _HeavisideRect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u: Tensor, threshold: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(u)
+        ctx.threshold = threshold
+        return (u > threshold).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (u,) = ctx.saved_tensors
+        inside = (u - ctx.threshold).abs() < 0.5
+        return grad * inside.to(grad.dtype), None
+
+
+class LIFState(NamedTuple):
+    u: Tensor
+    s: Tensor
+
+
+def lif_step(
+    x: Tensor, state: LIFState | None, beta: float = 0.25, threshold: float = 0.5
+) -> tuple[Tensor, LIFState]:
+    """One EMS LIF step: u_t = beta * u_{t-1} * (1 - s_{t-1}) + x_t;  s_t = [u_t > V_th]."""
+    u = x if state is None else beta * state.u * (1.0 - state.s) + x
+    s = _HeavisideRect.apply(u, threshold)
+    return s, LIFState(u=u, s=s.detach())
+
+
+class LIF(nn.Module):
+    """Multi-step EMS LIF over ``[T, ...]``; returns binary spikes ``[T, ...]``."""
+
+    def __init__(self, beta: float = 0.25, threshold: float = 0.5):
+        super().__init__()
+        self.beta, self.threshold = float(beta), float(threshold)
+
+    def forward(self, x: Tensor) -> Tensor:
+        state: LIFState | None = None
+        out = []
+        for t in range(x.shape[0]):
+            s, state = lif_step(x[t], state, self.beta, self.threshold)
+            out.append(s)
+        return torch.stack(out)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}, threshold={self.threshold}"
