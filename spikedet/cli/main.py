@@ -21,6 +21,7 @@ from spikedet.errors import SpikedetError
 COMMAND_MODULES = (
     "spikedet.cli.data_cmd",
     "spikedet.cli.deploy_cmd",
+    "spikedet.cli.report_cmd",
     "spikedet.cli.demo_cmd",
 )
 

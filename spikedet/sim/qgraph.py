@@ -146,23 +146,41 @@ class QuantGraph:
             "T": self.T,
             "message_bits": self.message_bits,
             "metadata": self.metadata,
-            "input": {"shape": list(self.input.shape), "scale": self.input.scale,
-                      "bits": self.input.bits},
+            "input": {
+                "shape": list(self.input.shape),
+                "scale": self.input.scale,
+                "bits": self.input.bits,
+            },
             "populations": [],
             "synapses": [],
         }
         for i, p in enumerate(self.populations):
             arrays[f"p{i}_bias"] = p.bias
-            header["populations"].append({
-                "name": p.name, "kind": p.kind, "shape": list(p.shape), "theta": p.theta,
-                "depth": p.depth, "D": p.D, "dv": p.dv, "metadata": p.metadata,
-            })
+            header["populations"].append(
+                {
+                    "name": p.name,
+                    "kind": p.kind,
+                    "shape": list(p.shape),
+                    "theta": p.theta,
+                    "depth": p.depth,
+                    "D": p.D,
+                    "dv": p.dv,
+                    "metadata": p.metadata,
+                }
+            )
         for i, s in enumerate(self.synapses):
             arrays[f"s{i}_weight"] = s.weight
-            header["synapses"].append({
-                "name": s.name, "src": s.src, "dst": s.dst, "stride": list(s.stride),
-                "padding": list(s.padding), "groups": s.groups, "delay": s.delay,
-            })
+            header["synapses"].append(
+                {
+                    "name": s.name,
+                    "src": s.src,
+                    "dst": s.dst,
+                    "stride": list(s.stride),
+                    "padding": list(s.padding),
+                    "groups": s.groups,
+                    "delay": s.delay,
+                }
+            )
         arrays["header"] = np.array(json.dumps(header))
         with atomic_path(path, suffix=".npz") as tmp:
             np.savez_compressed(tmp, **arrays)
@@ -185,6 +203,10 @@ class QuantGraph:
         except Exception as err:  # corrupt or foreign file
             raise SpikedetError(f"not a spikedet quantized graph: {err}", str(path)) from None
         return cls(
-            T=header["T"], input=QInput(**header["input"]), populations=pops, synapses=syns,
-            message_bits=header["message_bits"], metadata=header["metadata"],
+            T=header["T"],
+            input=QInput(**header["input"]),
+            populations=pops,
+            synapses=syns,
+            message_bits=header["message_bits"],
+            metadata=header["metadata"],
         )

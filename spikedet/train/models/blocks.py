@@ -79,8 +79,17 @@ class ConvBN(nn.Module):
 class SpikeConv(nn.Module):
     """I-LIF -> Conv -> BN (SpikeYOLO's MS_StandardConv / SpikeConv): current in, current out."""
 
-    def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1, groups: int = 1,
-                 levels: int = 4, bias: bool = False, bn: bool = True):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int = 1,
+        s: int = 1,
+        groups: int = 1,
+        levels: int = 4,
+        bias: bool = False,
+        bn: bool = True,
+    ):
         super().__init__()
         self.lif = ILIF(levels)
         self.cb = ConvBN(cin, cout, k, s, groups=groups, bias=bias, bn=bn)
@@ -95,8 +104,16 @@ class SpikeConv(nn.Module):
 class MSDownSampling(nn.Module):
     """[I-LIF ->] Conv(k, s, bias) -> BN. The first layer has no neuron (real-valued input)."""
 
-    def __init__(self, cin: int, cout: int, k: int = 3, s: int = 2, p: int = 1,
-                 first: bool = False, levels: int = 4):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k: int = 3,
+        s: int = 2,
+        p: int = 1,
+        first: bool = False,
+        levels: int = 4,
+    ):
         super().__init__()
         self.lif = None if first else ILIF(levels)
         self.cb = ConvBN(cin, cout, k, s, p, bias=True)

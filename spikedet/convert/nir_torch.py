@@ -1,0 +1,353 @@
+"""Reference executor of NIR semantics in torch (float; CUDA when available).
+
+It runs any graph made of the supported primitives, not just ours: nodes are evaluated once per
+time step in a topological order of the graph without its recurrent edges; a node's input is
+the fan-in sum of its incoming edges; a recurrent edge (one that closes a cycle, found by a
+depth-first search from the Input nodes) delivers its source's output of the previous step
+(zero at t = 0), a one-step delay as in nirtorch. Neurons use forward Euler with the graph's
+``dt`` (metadata ``dt``, default 1e-4):
+
+    LI:  v <- v + (dt/τ)·(v_leak − v + r·I)           output v
+    I:   v <- v + dt·r·I                               output v
+    LIF: LI update, z = [v > v_th], v <- v_reset where z   output z
+    IF:  I update,  z = [v > v_th], v <- v_reset where z   output z
+    Threshold: [x > θ] (strict), Scale: s·x, Affine: W·x + b, Linear: W·x, Conv2d, Flatten.
+
+States start at 0. Populations (docs/semantics.md §2.2) are the LI nodes with
+``metadata["spikedet.neuron"] == "ilif"``; their spike count is the sum of the Threshold nodes
+they feed. Readouts are the ``I`` nodes: the final value, divided by T when
+``metadata["spikedet.readout"] == "mean"`` (§2.4).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nir
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikedet.errors import SpikedetError
+
+_SUPPORTED = (
+    nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale, nir.Threshold,
+    nir.LI, nir.I, nir.LIF, nir.IF, nir.Flatten,
+)  # fmt: skip
+
+
+def load_nir(path: str | os.PathLike) -> nir.NIRGraph:
+    """``nir.read(path, type_check=True)``; any failure becomes a SpikedetError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpikedetError("NIR file not found", str(path))
+    try:
+        graph = nir.read(path, type_check=True)
+    except Exception as err:  # h5py/nir raise many types (OSError, KeyError, ValueError, ...)
+        raise SpikedetError(
+            f"not a readable NIR graph: {type(err).__name__}: {err}", str(path)
+        ) from err
+    if not isinstance(graph, nir.NIRGraph) or not graph.nodes:
+        raise SpikedetError("file holds no NIR graph", str(path))
+    return graph
+
+
+@dataclass
+class ExecResult:
+    """Outputs of one run (batch B, T steps)."""
+
+    spikes: dict[str, Tensor]  # population -> integer spike counts [T, B, C, H, W]
+    readouts: dict[str, Tensor]  # integrator node -> [B, ...] (final value, / T for "mean")
+    node_outputs: dict[str, Tensor] | None = None  # node -> [T, B, ...] when recorded
+
+
+def _meta_str(metadata: dict[str, Any], key: str) -> str | None:
+    value = metadata.get(key) if isinstance(metadata, dict) else None
+    if isinstance(value, bytes):
+        return value.decode("utf8")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value.item()
+        return value.decode("utf8") if isinstance(value, bytes) else str(value)
+    return None if value is None else str(value)
+
+
+class NIRExecutor(nn.Module):
+    """Executes a (type-checked) NIR graph step by step; see the module docstring."""
+
+    def __init__(
+        self,
+        graph: nir.NIRGraph,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = dtype
+        self.names: list[str] = list(graph.nodes)
+        self.kinds: dict[str, str] = {}
+        for name, node in graph.nodes.items():
+            if not isinstance(node, _SUPPORTED):
+                raise SpikedetError(f"unsupported NIR node type {type(node).__name__}", name)
+            self.kinds[name] = type(node).__name__
+        metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
+        self.dt = float(metadata.get("dt", 1e-4))
+        self.default_T = int(metadata["spikedet.T"]) if "spikedet.T" in metadata else None
+        self.inputs = [n for n in self.names if self.kinds[n] == "Input"]
+        if not self.inputs:
+            raise SpikedetError("graph has no Input node", "NIR graph")
+        for src, dst in graph.edges:
+            if src not in graph.nodes or dst not in graph.nodes:
+                raise SpikedetError(f"edge ({src}, {dst}) names a missing node", "NIR graph")
+        self.forward_in, self.recurrent_in = _split_edges(self.names, graph.edges, self.inputs)
+        self.order = _topological_order(self.names, self.forward_in)
+        self.recurrent_sources = sorted({s for srcs in self.recurrent_in.values() for s in srcs})
+        self.input_shapes = {
+            n: tuple(int(v) for v in np.asarray(graph.nodes[n].input_type["input"]).reshape(-1))
+            for n in self.inputs
+        }
+        self.static: dict[str, dict[str, Any]] = {}
+        self._buffer_names: dict[str, dict[str, str]] = {}
+        for index, name in enumerate(self.names):
+            self._prepare(index, name, graph.nodes[name])
+        self.populations = self._find_populations(graph)
+        self.readout_means = {
+            n: _meta_str(graph.nodes[n].metadata, "spikedet.readout") == "mean"
+            for n in self.names
+            if self.kinds[n] == "I"
+        }
+        self.to(device)
+
+    # -- construction -----------------------------------------------------------------------
+
+    def _tensor(self, index: int, node_name: str, field: str, value: Any) -> None:
+        """Register a node array as a buffer (so ``.to()`` moves it); names must be dot-free."""
+        buffer = f"n{index}_{field}"
+        self.register_buffer(
+            buffer, torch.as_tensor(np.asarray(value, np.float64), dtype=self.dtype)
+        )
+        self._buffer_names.setdefault(node_name, {})[field] = buffer
+
+    def _prepare(self, index: int, name: str, node: nir.NIRNode) -> None:
+        kind = self.kinds[name]
+        if kind == "Conv2d":
+            self._tensor(index, name, "weight", node.weight)
+            self._tensor(index, name, "bias", node.bias)
+            padding = node.padding if isinstance(node.padding, str) else _pair(node.padding)
+            self.static[name] = {
+                "stride": _pair(node.stride), "padding": padding,
+                "dilation": _pair(node.dilation), "groups": int(node.groups),
+            }  # fmt: skip
+        elif kind in ("Affine", "Linear"):
+            self._tensor(index, name, "weight", node.weight)
+            if kind == "Affine":
+                self._tensor(index, name, "bias", node.bias)
+        elif kind == "Scale":
+            self._tensor(index, name, "scale", node.scale)
+        elif kind == "Threshold":
+            self._tensor(index, name, "threshold", node.threshold)
+        elif kind in ("LI", "LIF"):
+            # Coefficients in float64 then rounded once: v <- keep·v + gain·I + leak.
+            step = self.dt / np.asarray(node.tau, np.float64)
+            self._tensor(index, name, "keep", 1.0 - step)
+            self._tensor(index, name, "gain", step * np.asarray(node.r, np.float64))
+            self._tensor(index, name, "leak", step * np.asarray(node.v_leak, np.float64))
+        elif kind in ("I", "IF"):
+            self._tensor(index, name, "gain", self.dt * np.asarray(node.r, np.float64))
+        if kind in ("LIF", "IF"):
+            self._tensor(index, name, "v_threshold", node.v_threshold)
+            self._tensor(index, name, "v_reset", node.v_reset)
+        if kind == "Flatten":
+            self.static[name] = {"start": int(node.start_dim), "end": int(node.end_dim)}
+
+    def _find_populations(self, graph: nir.NIRGraph) -> dict[str, list[str]]:
+        """I-LIF population name (LI node name without ``.li``) -> the Threshold nodes it feeds."""
+        pops: dict[str, list[str]] = {}
+        for name in self.names:
+            meta = graph.nodes[name].metadata
+            if self.kinds[name] != "LI" or _meta_str(meta, "spikedet.neuron") != "ilif":
+                continue
+            pop = name[: -len(".li")] if name.endswith(".li") else name
+            pops[pop] = [
+                dst for src, dst in graph.edges if src == name and self.kinds[dst] == "Threshold"
+            ]
+            if not pops[pop]:
+                raise SpikedetError("I-LIF population has no Threshold nodes", name)
+        return pops
+
+    def _p(self, name: str, field: str) -> Tensor:
+        return getattr(self, self._buffer_names[name][field])
+
+    # -- execution --------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, T: int | None = None) -> ExecResult:
+        return self.run(x, T)
+
+    @torch.no_grad()
+    def run(self, x: Tensor, T: int | None = None, record: bool = False) -> ExecResult:
+        """Run T steps on ``x`` ([B, C, H, W] repeated each step, or [T, B, C, H, W]).
+
+        ``record`` also returns every node's output per step in ``node_outputs``.
+        """
+        if len(self.inputs) != 1:
+            raise SpikedetError(f"run() feeds one Input node, graph has {self.inputs}", "NIR graph")
+        (input_name,) = self.inputs
+        shape = self.input_shapes[input_name]
+        device = next((b.device for b in self.buffers()), torch.device("cpu"))
+        x = torch.as_tensor(x).to(device=device, dtype=self.dtype)
+        if x.dim() == len(shape) + 1:
+            steps = T if T is not None else self.default_T
+            if steps is None or int(steps) < 1:
+                raise SpikedetError(f"need T >= 1 steps (given or spikedet.T), got {steps}", "run")
+            frames = [x] * int(steps)
+        elif x.dim() == len(shape) + 2:
+            if T is not None and T != x.shape[0]:
+                raise SpikedetError(f"T={T} but the input has {x.shape[0]} steps", "run")
+            frames = list(x.unbind(0))
+        else:
+            frames = []
+        if not frames or tuple(frames[0].shape[1:]) != shape:
+            raise SpikedetError(
+                f"input must be [B,{','.join(map(str, shape))}] or [T,B,...], got {list(x.shape)}",
+                input_name,
+            )
+        state: dict[str, Tensor] = {}
+        previous: dict[str, Tensor] = {}
+        spikes: dict[str, list[Tensor]] = {p: [] for p in self.populations}
+        recorded: dict[str, list[Tensor]] = {n: [] for n in self.names} if record else {}
+        for frame in frames:
+            out: dict[str, Tensor] = {}
+            for name in self.order:
+                if self.kinds[name] == "Input":
+                    out[name] = frame
+                    continue
+                parts = [out[s] for s in self.forward_in[name]]
+                parts += [previous[s] for s in self.recurrent_in[name] if s in previous]
+                if not parts:
+                    raise SpikedetError("node has no input at this step", name)
+                total = parts[0]
+                for part in parts[1:]:
+                    total = total + part
+                out[name] = self._step(name, total, state)
+            for pop, thresholds in self.populations.items():
+                count = out[thresholds[0]]
+                for q in thresholds[1:]:
+                    count = count + out[q]
+                spikes[pop].append(count.round().to(torch.int64))
+            previous = {s: out[s] for s in self.recurrent_sources}
+            for name in recorded:
+                recorded[name].append(out[name])
+        steps = len(frames)
+        readouts = {
+            n: state[n] / steps if mean else state[n].clone()
+            for n, mean in self.readout_means.items()
+            if n in state
+        }
+        return ExecResult(
+            spikes={p: torch.stack(v) for p, v in spikes.items()},
+            readouts=readouts,
+            node_outputs={n: torch.stack(v) for n, v in recorded.items()} if record else None,
+        )
+
+    def _step(self, name: str, x: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """One node, one step: ``x`` is its summed input; neuron state lives in ``state``."""
+        kind = self.kinds[name]
+        if kind == "Output":
+            return x
+        if kind == "Conv2d":
+            return F.conv2d(x, self._p(name, "weight"), self._p(name, "bias"), **self.static[name])
+        if kind == "Affine":
+            return F.linear(x, self._p(name, "weight"), self._p(name, "bias"))
+        if kind == "Linear":
+            return F.linear(x, self._p(name, "weight"))
+        if kind == "Scale":
+            return x * self._p(name, "scale")
+        if kind == "Threshold":
+            return (x > self._p(name, "threshold")).to(self.dtype)
+        if kind == "Flatten":
+            # NIR dims exclude the batch axis; negative dims count from the end either way.
+            start, end = self.static[name]["start"], self.static[name]["end"]
+            return torch.flatten(
+                x, start + 1 if start >= 0 else start, end + 1 if end >= 0 else end
+            )
+        v = state.get(name)
+        if kind in ("LI", "LIF"):
+            drive = self._p(name, "gain") * x + self._p(name, "leak")
+            v = drive if v is None else self._p(name, "keep") * v + drive
+        else:  # I, IF
+            drive = self._p(name, "gain") * x
+            v = drive if v is None else v + drive
+        if kind in ("LI", "I"):
+            state[name] = v
+            return v
+        fired = v > self._p(name, "v_threshold")
+        state[name] = torch.where(fired, self._p(name, "v_reset").expand_as(v), v)
+        return fired.to(self.dtype)
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    arr = np.asarray(value).reshape(-1)
+    return (int(arr[0]), int(arr[0])) if arr.size == 1 else (int(arr[0]), int(arr[1]))
+
+
+def _split_edges(
+    names: list[str], edges: list[tuple[str, str]], inputs: list[str]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Classify edges by an iterative DFS from the Input nodes: an edge into a node still on
+    the DFS stack closes a cycle and is recurrent; every node must be reachable."""
+    succ: dict[str, list[str]] = {n: [] for n in names}
+    for src, dst in edges:
+        succ[src].append(dst)
+    forward_in: dict[str, list[str]] = {n: [] for n in names}
+    recurrent_in: dict[str, list[str]] = {n: [] for n in names}
+    color = dict.fromkeys(names, 0)  # 0 unseen, 1 on the stack, 2 done
+    for root in inputs:
+        if color[root]:
+            continue
+        color[root] = 1
+        stack = [(root, iter(succ[root]))]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                color[node] = 2
+                stack.pop()
+                continue
+            if color[child] == 1:
+                recurrent_in[child].append(node)
+                continue
+            forward_in[child].append(node)
+            if color[child] == 0:
+                color[child] = 1
+                stack.append((child, iter(succ[child])))
+    unreachable = [n for n in names if color[n] == 0]
+    if unreachable:
+        raise SpikedetError(f"nodes not reachable from an Input: {unreachable[:5]}", "NIR graph")
+    return forward_in, recurrent_in
+
+
+def _topological_order(names: list[str], forward_in: dict[str, list[str]]) -> list[str]:
+    """Kahn's algorithm over the forward edges, ties broken by node order (deterministic)."""
+    pending = {n: len(forward_in[n]) for n in names}
+    consumers: dict[str, list[str]] = {n: [] for n in names}
+    for dst, srcs in forward_in.items():
+        for src in srcs:
+            consumers[src].append(dst)
+    rank = {n: i for i, n in enumerate(names)}
+    ready = sorted((n for n in names if pending[n] == 0), key=rank.__getitem__)
+    order: list[str] = []
+    while ready:
+        node = ready.pop(0)
+        order.append(node)
+        for dst in consumers[node]:
+            pending[dst] -= 1
+            if pending[dst] == 0:
+                ready.append(dst)
+        ready.sort(key=rank.__getitem__)
+    if len(order) != len(names):  # cannot happen after _split_edges; kept as a guard
+        raise SpikedetError("forward edges contain a cycle", "NIR graph")
+    return order

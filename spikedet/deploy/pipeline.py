@@ -1,0 +1,209 @@
+"""`spikedet deploy`: NIR file -> quantized graph -> core mapping -> engines -> validation -> report.
+
+Stages (each logs one progress line):
+1. read the NIR file (the float contract) and quantize it for the target's precision;
+2. map every population onto cores of the target profile (fails naming the layer and limit);
+3. run the ``fixed`` engine on the whole split, decode the head readouts and score mAP;
+4. run the float ``reference`` (the NIR graph executed in torch, GPU when present) on the same
+   images: per-layer spike agreement, readout error and its mAP;
+5. run ``lava`` (if asked) on the first ``samples`` images and compare with ``fixed`` spike for
+   spike at every layer and step;
+6. count activity, compute energy by the target's figures and the 45 nm model, write the report.
+
+Nothing is written until the report is complete (each report file is renamed into place).
+Importing this module does not import torch (the reference engine imports it when it runs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spikedet.errors import SpikedetError
+
+ENGINES = ("fixed", "lava", "both")
+
+
+@dataclass
+class DeployOptions:
+    nir_path: Path
+    out: Path
+    target: str = "loihi2-sim"
+    engine: str = "fixed"
+    data: Path | None = None
+    dataset: str = "coco"
+    split: str = "val"
+    samples: int = 2
+    batch: int = 32
+    reference: bool = True
+    conf_thres: float = 0.001
+    iou_thres: float = 0.7
+
+
+def _load_images(opts: DeployOptions, imgsz: int, input_scale: float):
+    """The evaluation images as float (what the torch model saw) and integers (what the chip gets)."""
+    if opts.data is None:
+        raise SpikedetError("deploy needs --data DIR to simulate and validate", "deploy")
+    if opts.dataset != "coco":
+        raise SpikedetError(
+            f"dataset {opts.dataset!r} is not supported yet (use coco)", "--dataset"
+        )
+    from spikedet.train.data.coco import CocoDetectionSet
+
+    ds = CocoDetectionSet.from_root(opts.data, opts.split, imgsz=imgsz, augment=False)
+    if len(ds) == 0:
+        raise SpikedetError(f"no images in split {opts.split!r}", str(opts.data))
+    x = np.stack([ds[i].image for i in range(len(ds))]).astype(np.float32)
+    x_int = np.rint(x * input_scale).astype(np.int64)
+    return ds, x, x_int
+
+
+def _head_maps(head: dict, readouts: dict[str, np.ndarray]):
+    box_maps, cls_maps = [], []
+    for box_role, cls_role in head["outputs"]:
+        box_maps.append(np.asarray(readouts[box_role], dtype=np.float32))
+        cls_maps.append(np.asarray(readouts[cls_role], dtype=np.float32))
+    return box_maps, cls_maps
+
+
+def _score(ds, head: dict, readouts: dict[str, np.ndarray], opts: DeployOptions) -> dict:
+    from spikedet.detection import postprocess
+    from spikedet.train.evaluate import evaluate
+
+    box_maps, cls_maps = _head_maps(head, readouts)
+    dets = postprocess(
+        box_maps, cls_maps, head["strides"], head["reg_max"], opts.conf_thres, opts.iou_thres
+    )
+    return evaluate(ds, dets)
+
+
+def _slice(result, n: int):
+    from spikedet.sim.engine import EngineResult
+
+    return EngineResult(
+        spikes={k: v[:, :n] for k, v in result.spikes.items()},
+        readouts={k: v[:n] for k, v in result.readouts.items()},
+        wall_s=result.wall_s,
+        engine=result.engine,
+    )
+
+
+def _run_batched(engine, qg, x_int: np.ndarray, batch: int):
+    """Run an engine over the images in batches and concatenate along the batch axis."""
+    from spikedet.sim.engine import EngineResult
+
+    parts = [engine.run(qg, x_int[i : i + batch]) for i in range(0, len(x_int), batch)]
+    return EngineResult(
+        spikes={k: np.concatenate([p.spikes[k] for p in parts], axis=1) for k in parts[0].spikes},
+        readouts={
+            k: np.concatenate([p.readouts[k] for p in parts], axis=0) for k in parts[0].readouts
+        },
+        wall_s=sum(p.wall_s for p in parts),
+        engine=parts[0].engine,
+    )
+
+
+def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
+    """Run the whole deploy stage and write ``opts.out/report.{json,md}`` plus plots."""
+    from spikedet.deploy.energy import count_activity, energy_report
+    from spikedet.deploy.mapping import map_graph
+    from spikedet.deploy.nir_graph import read_nir
+    from spikedet.deploy.profiles import load_profile, resolve_target
+    from spikedet.deploy.quantize import quantize
+    from spikedet.deploy.report import summary_table, write_report
+    from spikedet.sim.engine import compare, get_engine, readout_floats
+
+    if opts.engine not in ENGINES:
+        raise SpikedetError(f"unknown engine {opts.engine!r}; choose one of {ENGINES}", "--engine")
+    nir_path = Path(opts.nir_path)
+    if not nir_path.is_file():
+        raise SpikedetError("NIR file not found", str(nir_path))
+    profile = resolve_target(opts.target)
+    cmos = load_profile("cmos45nm")
+    # Ask for Lava up front: an unavailable engine is an error, never a silent fallback.
+    lava = None
+    if opts.engine in ("lava", "both"):
+        lava = get_engine("lava")
+        ok, why = lava.available()
+        if not ok:
+            raise SpikedetError(why, "lava engine")
+
+    t0 = time.perf_counter()
+    fg = read_nir(nir_path)
+    qg = quantize(
+        fg,
+        weight_bits=int(profile.weight_bits),
+        state_bits=int(profile.state_bits),
+        max_delay=(1 << int(profile.delay_bits)) - 1,
+    )
+    log(
+        f"[deploy] {nir_path.name}: {len(qg.populations)} populations, {len(qg.synapses)} "
+        f"synapses, T={qg.T}, quantized to {profile.weight_bits}-bit weights"
+    )
+    mapping = map_graph(qg, profile)
+    log(f"[deploy] mapped onto {profile.name}: {mapping.cores} cores on {mapping.chips} chip(s)")
+
+    ds, x_float, x_int = _load_images(opts, int(fg.head["imgsz"]), fg.input_scale)
+    fixed = get_engine("fixed")
+    fixed_res = _run_batched(fixed, qg, x_int, opts.batch)
+    fixed_map = _score(ds, fg.head, readout_floats(qg, fixed_res), opts)
+    log(
+        f"[deploy] fixed engine: {len(x_int)} images in {fixed_res.wall_s:.2f} s, "
+        f"mAP@50 {fixed_map['map50']:.3f}, mAP@50:95 {fixed_map['map']:.3f}"
+    )
+    validation: dict = {
+        "images": int(len(x_int)),
+        "dataset": {"path": str(opts.data), "split": opts.split, "kind": opts.dataset},
+        "map": {"deployed_fixed": fixed_map},
+        "timing_s": {"fixed_total": round(fixed_res.wall_s, 4)},
+    }
+
+    if opts.reference:
+        from spikedet.sim.reference import ReferenceEngine, agreement
+
+        ref = ReferenceEngine(nir_path)
+        t_ref = time.perf_counter()
+        ref_spikes, ref_readouts = ref.run_float(x_float)
+        validation["timing_s"]["reference_total"] = round(time.perf_counter() - t_ref, 4)
+        ref_map = _score(ds, fg.head, ref_readouts, opts)
+        validation["map"]["reference_float"] = ref_map
+        validation["map"]["difference"] = {
+            k: round(fixed_map[k] - ref_map[k], 6) for k in ("map50", "map")
+        }
+        validation["reference_vs_fixed"] = agreement(qg, ref_spikes, fixed_res, ref_readouts)
+        log(
+            f"[deploy] reference (float, {getattr(ref, 'device', 'cpu')}): mAP@50 "
+            f"{ref_map['map50']:.3f}, mAP@50:95 {ref_map['map']:.3f}; spike agreement "
+            f"{validation['reference_vs_fixed'].get('overall_spike_agreement', float('nan')):.4f}"
+        )
+
+    if lava is not None:
+        n = max(1, min(opts.samples, len(x_int)))
+        log(f"[deploy] lava engine (Loihi2SimCfg, fixed_pt): {n} sample(s), {qg.hw_steps} steps")
+        lava_res = lava.run(qg, x_int[:n])
+        cmp = compare(_slice(fixed_res, n), lava_res)
+        validation["lava_vs_fixed"] = {"samples": n, **cmp}
+        validation["timing_s"]["lava_total"] = round(lava_res.wall_s, 4)
+        validation["timing_s"]["fixed_per_sample"] = round(fixed_res.wall_s / len(x_int), 6)
+        validation["timing_s"]["lava_per_sample"] = round(lava_res.wall_s / n, 4)
+        log(
+            f"[deploy] lava vs fixed: {cmp['total_mismatches']} spike mismatches over "
+            f"{len(cmp['populations'])} populations x {qg.T} step(s) x {n} sample(s)"
+        )
+
+    activity = count_activity(qg, fixed_res.spikes, x_int)
+    report = energy_report(qg, mapping, activity, profile, cmos)
+    report["model"] = fg.metadata.get("spikedet.model", nir_path.stem)
+    report["target"] = opts.target
+    report["engine"] = opts.engine
+    report["nir"] = str(nir_path)
+    validation["timing_s"]["deploy_total"] = round(time.perf_counter() - t0, 3)
+    report["validation"] = validation
+    write_report(opts.out, report)
+    log(f"[deploy] report written to {opts.out}/report.md")
+    log(summary_table(report))
+    return report

@@ -1,0 +1,180 @@
+"""FloatGraph -> QuantGraph: the integer model of docs/semantics.md §3.1 and the timing of §3.3.
+
+Per population P (I-LIF or readout), with alpha folded into every incoming weight and bias and
+input weights divided by input_scale (the input arrives as x_int = x * input_scale):
+
+    sigma = w_max / max_e max|W_e|,   theta = 2 * floor(sigma / 2),   w_max = 2^(bits-1) - 1
+    W_q = round_half_even(W_e * theta),   b_q = round_half_even(theta * sum_e b_e)
+    dv  = round(4096 * (1 - beta))  (12-bit decay; readouts never decay, dv = 0)
+
+so that one float unit of membrane is theta state units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from spikedet.deploy.nir_graph import FloatGraph, plain
+from spikedet.errors import SpikedetError
+from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QInput, QPopulation, QSynapse, QuantGraph
+
+DEFAULT_MAX_DELAY = 63  # Loihi 2 synaptic delays have 6 bits
+STATE_MAX = (1 << (STATE_BITS - 1)) - 1  # largest membrane value (clip24)
+
+
+def assign_depths(
+    populations: Sequence[QPopulation],
+    synapses: Sequence[QSynapse],
+    max_delay: int | None = DEFAULT_MAX_DELAY,
+) -> None:
+    """Set ``depth`` of every population and ``delay`` of every synapse in place (§3.3).
+
+    depth(input) = 0; depth(P) = max over incoming e of depth(src e) + 1;
+    delay(e) = depth(dst e) - depth(src e) - 1 (the extra steps beyond the one-step synapse
+    latency that align every input of P on the same logical step). ``populations`` must be in
+    topological order; a delay above ``max_delay`` is a SpikedetError naming the synapse.
+    """
+    depth = {"input": 0}
+    for pop in populations:
+        incoming = [s for s in synapses if s.dst == pop.name]
+        if not incoming:
+            raise SpikedetError("population has no incoming synapse", f"population {pop.name}")
+        for s in incoming:
+            if s.src not in depth:
+                raise SpikedetError(
+                    f"source {s.src} is not an earlier population", f"synapse {s.name}"
+                )
+        pop.depth = max(depth[s.src] for s in incoming) + 1
+        depth[pop.name] = pop.depth
+    for s in synapses:
+        if s.dst not in depth:
+            raise SpikedetError(f"unknown destination {s.dst}", f"synapse {s.name}")
+        s.delay = depth[s.dst] - depth[s.src] - 1
+        if max_delay is not None and s.delay > max_delay:
+            raise SpikedetError(
+                f"needs a delay of {s.delay} steps, above the limit of {max_delay}",
+                f"synapse {s.name}",
+            )
+
+
+def decay_of(beta: float) -> int:
+    """dv = round(4096 * (1 - beta)), held to the 12-bit range (beta = 0 would give 4096)."""
+    return min(round((1 << DECAY_BITS) * (1.0 - beta)), (1 << DECAY_BITS) - 1)
+
+
+def _json_safe(obj: object) -> object:
+    return json.loads(json.dumps(plain(obj), default=str))
+
+
+def quantize(
+    fg: FloatGraph,
+    weight_bits: int = 8,
+    state_bits: int = STATE_BITS,
+    input_bits: int = 8,
+    max_delay: int = DEFAULT_MAX_DELAY,
+) -> QuantGraph:
+    """Quantize ``fg`` per §3.1 and assign depths and delays per §3.3."""
+    if state_bits != STATE_BITS:
+        raise SpikedetError(
+            f"state_bits={state_bits} is not supported; the integer model has {STATE_BITS}-bit "
+            "state (docs/semantics.md §3)",
+            "quantize",
+        )
+    if not 2 <= weight_bits <= 16:
+        raise SpikedetError(f"weight_bits must be in 2..16, got {weight_bits}", "quantize")
+    if not 1 <= input_bits <= 16:
+        raise SpikedetError(f"input_bits must be in 1..16, got {input_bits}", "quantize")
+    if max_delay < 0:
+        raise SpikedetError(f"max_delay must be >= 0, got {max_delay}", "quantize")
+    input_scale = int(round(fg.input_scale))
+    if abs(fg.input_scale - input_scale) > 1e-9 or input_scale < 1:
+        raise SpikedetError(
+            f"input_scale must be a positive integer (x_int = x * scale), got {fg.input_scale}",
+            "input",
+        )
+    w_max = (1 << (weight_bits - 1)) - 1
+
+    qpops: list[QPopulation] = []
+    qsyn_by_name: dict[str, QSynapse] = {}
+    for pop in fg.populations:
+        incoming = [s for s in fg.synapses if s.dst == pop.name]
+        # alpha folded in; the input arrives multiplied by input_scale, so its weights shrink.
+        folded = [
+            (s, s.weight * pop.alpha / (input_scale if s.src == "input" else 1)) for s in incoming
+        ]
+        peak = max(float(np.max(np.abs(w))) if w.size else 0.0 for _, w in folded)
+        where = f"population {pop.name}"
+        if peak == 0.0:
+            raise SpikedetError(
+                "all incoming weights are zero; its scale theta is undefined", where
+            )
+        sigma = w_max / peak
+        theta = 2 * math.floor(sigma / 2)
+        if theta < 2:
+            raise SpikedetError(
+                f"incoming weights up to {peak:.4g} (alpha folded) do not fit {weight_bits}-bit "
+                "weights with a membrane scale theta >= 2",
+                where,
+            )
+        top = (2 * pop.D - 1) * theta // 2 if pop.kind == "ilif" else theta
+        if top >= STATE_MAX:  # tiny weights: spike level D (u > (D - 1/2) theta) out of reach
+            raise SpikedetError(
+                f"membrane scale theta={theta} needs more than {STATE_BITS}-bit state "
+                f"(weights up to {peak:.3g} are too small for {weight_bits}-bit quantization)",
+                where,
+            )
+        for s, w in folded:
+            qsyn_by_name[s.name] = QSynapse(
+                name=s.name,
+                src=s.src,
+                dst=s.dst,
+                weight=np.rint(w * theta).astype(np.int64),
+                stride=s.stride,
+                padding=s.padding,
+                groups=s.groups,
+            )
+        bias = sum((s.bias for s in incoming), np.zeros(pop.shape[0])) * pop.alpha
+        ilif = pop.kind == "ilif"
+        qpops.append(
+            QPopulation(
+                name=pop.name,
+                kind=pop.kind,
+                shape=pop.shape,
+                theta=theta,
+                bias=np.rint(bias * theta).astype(np.int64),
+                D=int(pop.D) if ilif else 0,
+                dv=decay_of(pop.beta) if ilif else 0,
+                metadata={
+                    "beta": float(pop.beta) if ilif else 1.0,
+                    "alpha": float(pop.alpha),
+                    "scale": float(theta),  # state units per float membrane unit
+                    "sigma": float(sigma),
+                    "max_abs_weight": peak,
+                },
+            )
+        )
+    qsyns = [qsyn_by_name[s.name] for s in fg.synapses]
+    assign_depths(qpops, qsyns, max_delay)
+    max_d = max((p.D for p in qpops if p.kind == "ilif"), default=1)
+    return QuantGraph(
+        T=int(fg.T),
+        input=QInput(shape=fg.input_shape, scale=input_scale, bits=input_bits),
+        populations=qpops,
+        synapses=qsyns,
+        message_bits=int(max_d).bit_length(),  # = ceil(log2(max D + 1))
+        metadata=_json_safe(
+            {
+                "weight_bits": weight_bits,
+                "state_bits": state_bits,
+                "input_bits": input_bits,
+                "max_delay": max_delay,
+                "input_scale": fg.input_scale,
+                "head": fg.head,
+                "graph": fg.metadata,
+            }
+        ),
+    )

@@ -1,0 +1,241 @@
+"""Our Lava processes for a QuantGraph: graded input, I-LIF and readout populations, delays.
+
+Import this module only inside ``.venv-lava`` (Python 3.10, lava-nc 0.10.0); it never imports
+torch. Each process declares *what* it holds (ports and Vars, Lava layout (X, Y, C) = (W, H, C));
+its ``fixed_pt`` process model implements *how* one hardware step updates it, bit for bit as
+docs/semantics.md §3.2-§3.3.
+
+Several samples run back to back in one network: hardware step ``g`` (0-based) belongs to
+sample ``g // period`` at in-sample step ``h = g % period`` with ``period = qg.hw_steps``.
+Populations hold zero state outside their window ``depth <= h < depth + T`` (§3.3: idle before
+their depth), which also clears them between samples; the Conv buffers and the delay rings are
+empty at a sample boundary because every source is silent in the last step(s) of a period (see
+``lava_worker``), so each sample sees a freshly reset network.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+STATE_LIMIT = (1 << 23) - 1  # clip24: membrane / integrator state saturates at ±(2^23 − 1)
+DECAY_ONE = 1 << 12  # 12-bit decay: decay(x) = sign(x)·((|x|·(4096 − dv)) >> 12)
+
+
+def ilif_update(
+    u_prev: np.ndarray,
+    s_prev: np.ndarray,
+    a_in: np.ndarray,
+    bias: np.ndarray,
+    theta: int,
+    D: int,
+    dv: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One I-LIF step (§3.2), int64 throughout; returns (u_t, s_t).
+
+    u_t = clip24(decay(u_{t-1} − θ·s_{t-1}) + a_t + b),  s_t = clip(⌊(u_t + θ/2 − 1)/θ⌋, 0, D).
+    """
+    reset = u_prev - theta * s_prev
+    decayed = np.sign(reset) * ((np.abs(reset) * (DECAY_ONE - dv)) >> 12)
+    u_new = np.clip(decayed + a_in + bias, -STATE_LIMIT, STATE_LIMIT)
+    s_new = np.clip((u_new + (theta // 2 - 1)) // theta, 0, D)
+    return u_new, s_new
+
+
+def readout_update(v_prev: np.ndarray, a_in: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """One integrator step (§3.2): v_t = clip24(v_{t-1} + a_t + b)."""
+    return np.clip(v_prev + a_in + bias, -STATE_LIMIT, STATE_LIMIT)
+
+
+def _step_in_period(time_step: int, period: int) -> int:
+    """Lava counts time steps from 1; the in-sample hardware step h counts from 0."""
+    return (time_step - 1) % period
+
+
+# ---- processes (what) ------------------------------------------------------------------------
+class GradedSource(AbstractProcess):
+    """Emits the graded integer input of logical step t at hardware step t, zeros afterwards.
+
+    ``data`` is (B, T_in, X, Y, C) with T_in = 1 (static input, repeated for each of the ``T``
+    logical steps) or T_in = T; sample b is emitted during hardware steps [b·period, (b+1)·period).
+    """
+
+    def __init__(self, *, data: np.ndarray, T: int, period: int, name: str | None = None):
+        # data travels to the model once, as the Var's initial value (not also in proc_params)
+        super().__init__(T=T, period=period, name=name)
+        self.s_out = OutPort(shape=data.shape[2:])
+        self.data = Var(shape=data.shape, init=data)
+        self.T = Var(shape=(1,), init=T)
+        self.period = Var(shape=(1,), init=period)
+
+
+class SpikeDelay(AbstractProcess):
+    """Delays a graded stream by ``delay`` >= 1 hardware steps, adding no latency of its own:
+    out(h) = in(h − delay). It receives and then sends within one step (like a neuron)."""
+
+    def __init__(self, *, shape: tuple[int, ...], delay: int, name: str | None = None):
+        super().__init__(shape=shape, delay=delay, name=name)
+        if delay < 1:
+            raise ValueError(f"SpikeDelay needs delay >= 1, got {delay}")
+        self.s_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.ring = Var(shape=(delay, *shape), init=0)
+
+
+class _Population(AbstractProcess):
+    """Common ports and Vars of a population of shape (X, Y, C) with per-channel bias (C,)."""
+
+    def __init__(
+        self,
+        *,
+        shape: tuple[int, int, int],
+        bias: np.ndarray,
+        theta: int,
+        depth: int,
+        T: int,
+        period: int,
+        name: str | None = None,
+        **extra: int,
+    ):
+        super().__init__(shape=shape, name=name, **extra)
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.bias = Var(shape=(shape[-1],), init=np.asarray(bias, dtype=np.int64))
+        self.theta = Var(shape=(1,), init=theta)
+        self.depth = Var(shape=(1,), init=depth)
+        self.T = Var(shape=(1,), init=T)
+        self.period = Var(shape=(1,), init=period)
+
+
+class ILIFPopulation(_Population):
+    """I-LIF neurons (§3.2): state u, graded spike s in 0..D; sends s_t each active step."""
+
+    def __init__(self, *, D: int, dv: int, **kwargs):
+        super().__init__(D=D, dv=dv, **kwargs)
+        shape = kwargs["shape"]
+        self.u = Var(shape=shape, init=0)
+        self.s = Var(shape=shape, init=0)
+        self.D = Var(shape=(1,), init=D)
+        self.dv = Var(shape=(1,), init=dv)
+
+
+class ReadoutPopulation(_Population):
+    """Non-spiking integrator (§3.2): sends its state v_t each active step (the host keeps
+    v_{T-1}; nothing downstream consumes it)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.v = Var(shape=kwargs["shape"], init=0)
+
+
+# ---- process models (how) --------------------------------------------------------------------
+@implements(proc=GradedSource, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyGradedSourceModel(PyLoihiProcessModel):
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    data: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    T: int = LavaPyType(int, np.int32)
+    period: int = LavaPyType(int, np.int32)
+
+    def run_spk(self) -> None:
+        sample, h = divmod(self.time_step - 1, int(self.period))
+        if h < int(self.T) and sample < self.data.shape[0]:
+            frames = self.data[sample]
+            self.s_out.send(frames[h if frames.shape[0] > 1 else 0])
+        else:
+            self.s_out.send(np.zeros(self.s_out.shape, dtype=np.int32))
+
+
+@implements(proc=SpikeDelay, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySpikeDelayModel(PyLoihiProcessModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    ring: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def run_spk(self) -> None:
+        # The slot written delay steps ago is read back, then overwritten with this step's input.
+        slot = (self.time_step - 1) % self.ring.shape[0]
+        incoming = self.s_in.recv()
+        self.s_out.send(self.ring[slot].copy())
+        self.ring[slot] = incoming
+
+
+class _PyPopulationModel(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=64)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    theta: int = LavaPyType(int, np.int64)
+    depth: int = LavaPyType(int, np.int32)
+    T: int = LavaPyType(int, np.int32)
+    period: int = LavaPyType(int, np.int32)
+
+    def _active(self) -> bool:
+        """True in the population's window depth <= h < depth + T (its neuron program runs)."""
+        h = _step_in_period(self.time_step, int(self.period))
+        return int(self.depth) <= h < int(self.depth) + int(self.T)
+
+    def _starts(self) -> bool:
+        return _step_in_period(self.time_step, int(self.period)) == int(self.depth)
+
+
+@implements(proc=ILIFPopulation, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyILIFPopulationModel(_PyPopulationModel):
+    u: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    s: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=8)
+    D: int = LavaPyType(int, np.int32)
+    dv: int = LavaPyType(int, np.int32)
+
+    def run_spk(self) -> None:
+        a_in = self.a_in.recv()  # sum of every synapse into this population (InPort fan-in)
+        if not self._active():
+            # Idle: no state, no output, bias not applied (§3.3); also the reset between samples.
+            self.u[:] = 0
+            self.s[:] = 0
+            self.s_out.send(np.zeros(self.s_out.shape, dtype=np.int32))
+            return
+        if self._starts():
+            self.u[:] = 0
+            self.s[:] = 0
+        u_new, s_new = ilif_update(
+            self.u,
+            self.s,
+            a_in.astype(np.int64),
+            self.bias,
+            int(self.theta),
+            int(self.D),
+            int(self.dv),
+        )
+        self.u[:] = u_new
+        self.s[:] = s_new
+        self.s_out.send(s_new.astype(np.int32))
+
+
+@implements(proc=ReadoutPopulation, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyReadoutPopulationModel(_PyPopulationModel):
+    v: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+
+    def run_spk(self) -> None:
+        a_in = self.a_in.recv()
+        if not self._active():
+            self.v[:] = 0
+            self.s_out.send(np.zeros(self.s_out.shape, dtype=np.int32))
+            return
+        if self._starts():
+            self.v[:] = 0
+        self.v[:] = readout_update(self.v, a_in.astype(np.int64), self.bias)
+        self.s_out.send(self.v.astype(np.int32))

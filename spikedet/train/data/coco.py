@@ -1,0 +1,356 @@
+"""COCO-format detection data as numpy samples (no torch): letterbox plus optional augmentation.
+
+An image of size (h, w) is scaled by ``ratio = min(S/h, S/w)`` (aspect kept), centred on an S x S
+canvas filled with 114 and offset by ``pad = (padx, pady)``; a box maps as ``x' = x·ratio + padx``
+(``to_original`` inverts this). With ``augment=True`` a scale jitter (content scaled by
+U(0.75, 1.25), then cropped or padded back to S at a random offset) and a horizontal flip
+(p = 0.5) follow, with their randomness drawn from ``default_rng([seed, epoch, index])``, so any
+epoch can be reproduced on its own (resumable training). Boxes are x1, y1, x2, y2 pixel edges
+(pixel i covers [i, i + 1)); boxes narrower or lower than 1 px after the transforms are dropped.
+
+Pillow and pycocotools are imported where used so that ``to_original`` also works without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from spikedet.errors import SpikedetError
+
+PAD_VALUE = 114
+SCALE_JITTER = (0.75, 1.25)
+FLIP_P = 0.5
+MIN_BOX_SIDE = 1.0  # boxes with w or h <= this (pixels) are dropped
+
+
+class Sample(NamedTuple):
+    image: np.ndarray  # float32 [3, S, S] = uint8 value / 255
+    boxes: np.ndarray  # float32 [N, 4] x1, y1, x2, y2 in letterboxed pixels
+    classes: np.ndarray  # int64 [N] contiguous class index 0..nc-1
+    meta: dict  # image_id, orig_hw (h, w), ratio, pad (padx, pady), file
+
+
+def letterbox_geometry(h: int, w: int, size: int) -> tuple[float, tuple[int, int], tuple[int, int]]:
+    """``ratio = min(S/h, S/w)``, the resized (new_h, new_w) and the integer (padx, pady)."""
+    ratio = min(size / h, size / w)
+    new_h = min(size, max(1, round(h * ratio)))
+    new_w = min(size, max(1, round(w * ratio)))
+    return ratio, (new_h, new_w), ((size - new_w) // 2, (size - new_h) // 2)
+
+
+def _resize(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[:2] == (new_h, new_w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((new_w, new_h), Image.Resampling.BILINEAR))
+
+
+def letterbox(img: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """HWC uint8 RGB -> (S x S x 3 uint8, ratio, (padx, pady)); aspect kept, centred, pad 114."""
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise SpikedetError(
+            f"expected an HxWx3 uint8 image, got {img.dtype} {img.shape}", "letterbox"
+        )
+    ratio, (new_h, new_w), (padx, pady) = letterbox_geometry(img.shape[0], img.shape[1], size)
+    out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    out[pady : pady + new_h, padx : padx + new_w] = _resize(img, new_h, new_w)
+    return out, ratio, (float(padx), float(pady))
+
+
+def to_original(boxes_xyxy: np.ndarray, meta: dict) -> np.ndarray:
+    """Undo the letterbox: ``x = (x' − padx) / ratio`` (same for y), clipped to the original image.
+
+    Returns float64 [N, 4]. Valid for samples read without augmentation (``meta`` describes the
+    letterbox only).
+    """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    padx, pady = meta["pad"]
+    h, w = meta["orig_hw"]
+    out = (boxes - np.array([padx, pady, padx, pady])) / float(meta["ratio"])
+    out[:, 0::2] = out[:, 0::2].clip(0.0, float(w))
+    out[:, 1::2] = out[:, 1::2].clip(0.0, float(h))
+    return out
+
+
+def _clip_and_keep(boxes: np.ndarray, size: int) -> np.ndarray:
+    """Clip xyxy boxes to [0, size] and return the mask of those wider and higher than 1 px."""
+    np.clip(boxes, 0.0, float(size), out=boxes)
+    return ((boxes[:, 2] - boxes[:, 0]) > MIN_BOX_SIDE) & (
+        (boxes[:, 3] - boxes[:, 1]) > MIN_BOX_SIDE
+    )
+
+
+def scale_jitter(
+    img: np.ndarray, boxes: np.ndarray, scale: float, offset_frac: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale S x S content by ``scale``, then crop (scale > 1) or pad with 114 (scale < 1) back
+    to S. The crop/pad offset per axis is ``floor(offset_frac · (|new − S| + 1))``, a uniform
+    integer in 0..|new − S| for offset_frac ~ U[0, 1). Boxes follow (not clipped).
+    """
+    size = img.shape[0]
+    new = max(2, round(size * scale))
+    factor = new / size
+    resized = _resize(img, new, new)
+    ox, oy = (math.floor(f * (abs(new - size) + 1)) for f in offset_frac)
+    ox, oy = min(ox, abs(new - size)), min(oy, abs(new - size))
+    if new >= size:
+        out = resized[oy : oy + size, ox : ox + size]
+        shift = -np.array([ox, oy, ox, oy], dtype=np.float64)
+    else:
+        out = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+        out[oy : oy + new, ox : ox + new] = resized
+        shift = np.array([ox, oy, ox, oy], dtype=np.float64)
+    return np.ascontiguousarray(out), boxes * factor + shift
+
+
+def hflip(img: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror left-right: ``x1' = S − x2``, ``x2' = S − x1``."""
+    size = img.shape[1]
+    flipped = boxes.copy()
+    flipped[:, 0], flipped[:, 2] = size - boxes[:, 2], size - boxes[:, 0]
+    return np.ascontiguousarray(img[:, ::-1]), flipped
+
+
+class CocoDetectionSet:
+    """Images + COCO instances JSON -> ``Sample`` (see the module docstring for the transforms).
+
+    ``cat_ids[k]`` is the COCO category id of contiguous class k (ids sorted); ``image_ids`` is the
+    dataset order (sorted). Crowd annotations are kept in ``coco`` (for evaluation) but not in
+    the samples.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | os.PathLike,
+        ann_file: str | os.PathLike,
+        imgsz: int = 64,
+        augment: bool = False,
+        seed: int = 0,
+    ):
+        self.images_dir = Path(images_dir)
+        self.ann_file = Path(ann_file)
+        if not self.images_dir.is_dir():
+            raise SpikedetError("images directory not found", str(self.images_dir))
+        if not self.ann_file.is_file():
+            raise SpikedetError("annotation file not found", str(self.ann_file))
+        if imgsz < 8:
+            raise SpikedetError(f"imgsz must be >= 8, got {imgsz}", str(self.ann_file))
+        if seed < 0:
+            raise SpikedetError(f"seed must be >= 0, got {seed}", str(self.ann_file))
+        self.imgsz = int(imgsz)
+        self.augment = bool(augment)
+        self.seed = int(seed)
+        self.epoch = 0
+
+        dataset = _load_instances(self.ann_file)
+        self.coco = _make_coco(dataset)
+        self.cat_ids: list[int] = sorted(c["id"] for c in dataset["categories"])
+        by_id = {c["id"]: c for c in dataset["categories"]}
+        self.names: list[str] = [str(by_id[c]["name"]) for c in self.cat_ids]
+        cls_of = {cat: k for k, cat in enumerate(self.cat_ids)}
+        self._images = {img["id"]: img for img in dataset["images"]}
+        self.image_ids: list[int] = sorted(self._images)
+        # Per image: original-pixel xyxy boxes and class indices of the non-crowd annotations.
+        self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        grouped: dict[int, list[dict]] = {i: [] for i in self.image_ids}
+        for ann in dataset["annotations"]:
+            if not ann.get("iscrowd", 0):
+                grouped[ann["image_id"]].append(ann)
+        for image_id, anns in grouped.items():
+            xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+            xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+            classes = np.array([cls_of[a["category_id"]] for a in anns], dtype=np.int64)
+            self._targets[image_id] = (xyxy, classes)
+        for image_id in self.image_ids:
+            path = self.images_dir / self._images[image_id]["file_name"]
+            if not path.is_file():
+                raise SpikedetError(f"image file of image id {image_id} not found", str(path))
+
+    @classmethod
+    def from_root(
+        cls,
+        root: str | os.PathLike,
+        split: str,
+        imgsz: int = 64,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> CocoDetectionSet:
+        """``root/split/`` images with ``root/annotations/instances_{split}.json``."""
+        root = Path(root)
+        return cls(
+            root / split, root / "annotations" / f"instances_{split}.json", imgsz, augment, seed
+        )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation randomness is a function of (seed, epoch, index) only."""
+        if epoch < 0:
+            raise SpikedetError(f"epoch must be >= 0, got {epoch}", str(self.ann_file))
+        self.epoch = int(epoch)
+
+    def meta(self, i: int) -> dict:
+        """The letterbox ``meta`` of item ``i`` from the annotation file alone (no image read)."""
+        info = self._images[self.image_ids[i]]
+        h, w = int(info["height"]), int(info["width"])
+        ratio, _, (padx, pady) = letterbox_geometry(h, w, self.imgsz)
+        return {
+            "image_id": int(info["id"]),
+            "orig_hw": (h, w),
+            "ratio": ratio,
+            "pad": (float(padx), float(pady)),
+            "file": str(self.images_dir / info["file_name"]),
+        }
+
+    def __getitem__(self, i: int) -> Sample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        i = i % len(self)
+        meta = self.meta(i)
+        pixels = _read_rgb(Path(meta["file"]))
+        if pixels.shape[:2] != meta["orig_hw"]:
+            raise SpikedetError(
+                f"image is {pixels.shape[1]}x{pixels.shape[0]} but the annotations say "
+                f"{meta['orig_hw'][1]}x{meta['orig_hw'][0]}",
+                meta["file"],
+            )
+        canvas, ratio, (padx, pady) = letterbox(pixels, self.imgsz)
+        xyxy, classes = self._targets[meta["image_id"]]
+        h, w = meta["orig_hw"]
+        boxes = xyxy.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0.0, w) * ratio + padx
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0.0, h) * ratio + pady
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            scale = rng.uniform(*SCALE_JITTER)
+            offset = (float(rng.random()), float(rng.random()))
+            flip = rng.random() < FLIP_P
+            canvas, boxes = scale_jitter(canvas, boxes, scale, offset)
+            if flip:
+                canvas, boxes = hflip(canvas, boxes)
+        keep = _clip_and_keep(boxes, self.imgsz)
+        image = canvas.astype(np.float32).transpose(2, 0, 1) / np.float32(255.0)
+        return Sample(
+            image=np.ascontiguousarray(image),
+            boxes=boxes[keep].astype(np.float32).reshape(-1, 4),
+            classes=classes[keep].copy(),
+            meta=meta,
+        )
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """Decode an image file fully into HWC uint8 RGB; any decoding problem is a SpikedetError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not later
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise SpikedetError("cannot read image: file not found", str(path)) from None
+    except UnidentifiedImageError:
+        raise SpikedetError("cannot read image: not an image file", str(path)) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        reason = "truncated file" if "truncated" in str(err).lower() else str(err)
+        raise SpikedetError(f"cannot read image: {reason}", str(path)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotation file: strict validation, so a bad file fails here with its name, not deep in COCO.
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _load_instances(ann_file: Path) -> dict:
+    """Read and validate an instances JSON; fills the optional ``area`` (w·h) and ``iscrowd``."""
+    where = str(ann_file)
+    try:
+        data = json.loads(ann_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SpikedetError(f"malformed JSON: {err}", where) from None
+    except OSError as err:
+        raise SpikedetError(f"cannot read annotation file: {err.strerror}", where) from None
+    if not isinstance(data, dict):
+        raise SpikedetError("top level must be a JSON object", where)
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise SpikedetError(f"missing key '{key}' (a list)", where)
+
+    def check(items: list, section: str, keys: dict[str, Any]) -> None:
+        for k, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise SpikedetError(f"{section}[{k}] is not an object", where)
+            for key, ok in keys.items():
+                if key not in item:
+                    raise SpikedetError(f"{section}[{k}] misses key '{key}'", where)
+                if not ok(item[key]):
+                    raise SpikedetError(
+                        f"{section}[{k}].{key} has a bad value {item[key]!r}", where
+                    )
+
+    check(data["categories"], "categories", {"id": _is_int, "name": lambda v: isinstance(v, str)})
+    size_ok = lambda v: _is_int(v) and v > 0  # noqa: E731
+    check(
+        data["images"],
+        "images",
+        {
+            "id": _is_int,
+            "file_name": lambda v: isinstance(v, str),
+            "width": size_ok,
+            "height": size_ok,
+        },
+    )
+    check(
+        data["annotations"],
+        "annotations",
+        {"id": _is_int, "image_id": _is_int, "category_id": _is_int, "bbox": lambda v: True},
+    )
+    cat_ids = [c["id"] for c in data["categories"]]
+    img_ids = [im["id"] for im in data["images"]]
+    if not cat_ids:
+        raise SpikedetError("no categories", where)
+    if len(set(cat_ids)) != len(cat_ids) or len(set(img_ids)) != len(img_ids):
+        raise SpikedetError("duplicate category or image ids", where)
+    known_cats, known_imgs = set(cat_ids), set(img_ids)
+    for k, ann in enumerate(data["annotations"]):
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise SpikedetError(f"annotations[{k}].bbox must be 4 numbers, got {bbox!r}", where)
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise SpikedetError(f"annotations[{k}].bbox has a negative size {bbox!r}", where)
+        if ann["category_id"] not in known_cats:
+            raise SpikedetError(
+                f"annotations[{k}] has unknown category id {ann['category_id']}", where
+            )
+        if ann["image_id"] not in known_imgs:
+            raise SpikedetError(f"annotations[{k}] has unknown image id {ann['image_id']}", where)
+        ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
+        ann.setdefault("iscrowd", 0)
+    return data
+
+
+def _make_coco(dataset: dict) -> Any:
+    """A pycocotools ``COCO`` over an already loaded dict (its index messages silenced)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco

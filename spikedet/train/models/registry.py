@@ -1,0 +1,77 @@
+"""Named model configurations and the builders that turn them into modules.
+
+A config is a plain JSON-serializable dict (see ``spikeyolo.CONFIG_KEYS``); checkpoints store it
+so ``build_from_config`` can rebuild exactly the trained architecture.
+
+``spikeyolo-pico`` (64 px, 2 scales) choices, measured at 64x64 (docs in the report):
+- widths 16/32/64 at strides 4/8/16; no block at stride 4: a SepConv block there alone holds
+  ~29k I-LIF neurons (its 2C-channel depthwise map at 16x16), which would double the neuron count
+  the Lava simulator must step; the stem's 7x7/4 conv already sees 7x7 pixels per cell;
+- one MSAllConvBlock at strides 8 and 16 with channel ratio 2 (ratio 4 exceeds 0.5 M params);
+- SepConv kernel 3: at 8x8 and 4x4 maps a 7x7 depthwise kernel is mostly padding;
+- head hidden width 32 = YOLOv8's max(16, C_P3/4, 4*reg_max) with reg_max 8;
+- reg_max 8: distances up to 7 strides (56 px at stride 8), more than a 64 px image needs.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from spikedet.errors import SpikedetError
+from spikedet.train.models.spikeyolo import CONFIG_KEYS, SpikeYOLO
+
+_CONFIGS: dict[str, dict[str, Any]] = {
+    "spikeyolo-pico": {
+        "name": "spikeyolo-pico",
+        "nc": 3,
+        "names": ["class0", "class1", "class2"],
+        "imgsz": 64,
+        "T": 1,
+        "levels": 4,
+        "reg_max": 8,
+        "in_channels": 3,
+        "widths": [16, 32, 64],
+        "blocks": [0, 1, 1],
+        "ratio": 2,
+        "sep_kernel": 3,
+        "head_hidden": 32,
+        "detect_stages": [1, 2],
+    },
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_CONFIGS)
+
+
+def model_config(
+    name: str, nc: int | None = None, names: list[str] | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The named config with the data's classes and any field overrides applied."""
+    if name not in _CONFIGS:
+        raise SpikedetError(f"unknown model; known models: {', '.join(MODEL_NAMES)}", name)
+    cfg = copy.deepcopy(_CONFIGS[name])
+    bad = [k for k in overrides if k not in CONFIG_KEYS or k in ("name", "nc", "names")]
+    if bad:
+        raise SpikedetError(f"unknown or fixed config fields {bad}", name)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if names is not None:
+        if nc is not None and nc != len(names):
+            raise SpikedetError(f"nc={nc} but {len(names)} class names given", name)
+        cfg["names"], cfg["nc"] = [str(n) for n in names], len(names)
+    elif nc is not None:
+        cfg["nc"], cfg["names"] = int(nc), [f"class{i}" for i in range(int(nc))]
+    return cfg
+
+
+def build_model(
+    name: str, nc: int | None = None, names: list[str] | None = None, **overrides: Any
+) -> SpikeYOLO:
+    """Build a named model, e.g. ``build_model("spikeyolo-pico", names=ds.names, T=2)``."""
+    return SpikeYOLO(model_config(name, nc, names, **overrides))
+
+
+def build_from_config(config: dict[str, Any]) -> SpikeYOLO:
+    """Rebuild a model from ``SpikeYOLO.config`` (e.g. as stored in a checkpoint)."""
+    if not isinstance(config, dict):
+        raise SpikedetError("model config must be a dict", type(config).__name__)
+    return SpikeYOLO(dict(config))
