@@ -16,11 +16,15 @@ PYTHON311 ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
 # run when pyenv's global version differs, so the pyenv install folders are searched first.
 PYTHON310 ?= $(shell bash scripts/find_python310.sh)
 
-.PHONY: setup setup-core setup-lava test lint demo demo-fast clean-venvs help
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.spikedet-installed
+
+.PHONY: setup setup-core setup-lava test lint demo demo-fast bench clean-venvs help
 help:
 	@echo "make demo   - set up (first time) and run the whole pipeline end to end"
 	@echo "make test   - set up (first time), lint, and run the test suite in both environments"
 	@echo "make setup  - create .venv (core, torch) and .venv-lava (Lava, Python 3.10); idempotent"
+	@echo "make bench  - run benchmarks/ (neurons vs spikingjelly/snnTorch/norse, events, engines)"
 
 setup: setup-core setup-lava
 
@@ -61,5 +65,18 @@ demo: setup
 demo-fast: setup
 	$(VENV)/bin/spikedet demo --fast --out $(DEMO_OUT)-fast
 
+# Benchmarks print tables (README "Measured results"); the neuron benchmark's peers
+# (spikingjelly, snnTorch, norse) live in their own venv so they never touch .venv.
+$(BENCH_STAMP): pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON311) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q "torch==2.13.0"
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[bench]"
+	@touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python benchmarks/neurons.py --threads 1
+	$(PY) benchmarks/events.py
+	$(PY) benchmarks/engines.py
+
 clean-venvs:
-	rm -rf $(VENV) $(LAVA_VENV)
+	rm -rf $(VENV) $(LAVA_VENV) $(BENCH_VENV)

@@ -19,7 +19,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, lava_python: Path):
     env = dict(os.environ, SPIKEDET_LAVA_PYTHON=str(lava_python))
     proc = subprocess.run(
         [sys.executable, "-m", "spikedet.cli.main", "demo", "--fast", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc

@@ -63,3 +63,30 @@ def test_make_setup_is_up_to_date() -> None:
         stamps.append(".venv-lava/.spikedet-installed")
     out = subprocess.run(["make", "-q", *stamps], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, "make setup would rebuild an environment"
+
+
+def test_wheel_ships_hardware_profiles(tmp_path: Path) -> None:
+    import zipfile
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    (wheel,) = tmp_path.glob("spikedet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for profile in ("loihi2.yaml", "loihi1.yaml", "cmos45nm.yaml"):
+        assert f"spikedet/hardware_profiles/{profile}" in names
+    assert "spikedet/sim/lava_worker.py" in names

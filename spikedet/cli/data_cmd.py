@@ -1,4 +1,5 @@
-"""``spikedet data``: data set tools. ``synth-coco`` writes the synthetic shapes set in COCO format."""
+"""``spikedet data``: data set tools. ``synth-coco`` writes the synthetic shapes set in COCO format;
+``synth-gen1`` writes synthetic event recordings in the Prophesee Gen1 layout."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("data", help="data set tools (synthetic COCO shapes)")
+    parser = sub.add_parser(
+        "data", help="data set tools (synthetic COCO shapes, synthetic Gen1 events)"
+    )
     data_sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data_sub.required = True
     synth = data_sub.add_parser(
@@ -25,6 +28,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--imgsz", type=int, default=64, metavar="S", help="image side (64)")
     synth.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (0)")
     synth.set_defaults(func=run)
+    gen1 = data_sub.add_parser(
+        "synth-gen1",
+        help="write synthetic event recordings in the Prophesee Gen1 layout",
+        description=(
+            "Write DIR/{train,val}/<stem>_td.dat + <stem>_bbox.npy at 304x240: moving car-like "
+            "(class 0) and pedestrian-like (class 1) shapes seen by a simulated event camera "
+            "(log-intensity change model at 1 kHz), boxes every 50-250 ms after 0.5 s. "
+            "Deterministic for a given seed."
+        ),
+    )
+    gen1.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    gen1.add_argument("--train", type=int, default=4, metavar="N", help="train recordings (4)")
+    gen1.add_argument("--val", type=int, default=2, metavar="M", help="val recordings (2)")
+    gen1.add_argument("--seconds", type=float, default=5.0, metavar="S", help="length (5.0)")
+    gen1.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (0)")
+    gen1.set_defaults(func=run_gen1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,5 +58,21 @@ def run(args: argparse.Namespace) -> int:
         f"synth-coco: {splits['train']['images']} train / {splits['val']['images']} val images, "
         f"{splits['train']['boxes']} / {splits['val']['boxes']} boxes, classes {classes}, "
         f"{summary['imgsz']} px, seed {summary['seed']} -> {summary['root']}"
+    )
+    return 0
+
+
+def run_gen1(args: argparse.Namespace) -> int:
+    from spikedet.train.data.synth_gen1 import write_synthetic_gen1
+
+    summary = write_synthetic_gen1(
+        args.out, n_train=args.train, n_val=args.val, seconds=args.seconds, seed=args.seed
+    )
+    train, val = summary["splits"]["train"], summary["splits"]["val"]
+    print(
+        f"synth-gen1: {train['recordings']} train / {val['recordings']} val recordings of "
+        f"{summary['seconds']:g} s, {train['events']} / {val['events']} events, "
+        f"{train['boxes']} / {val['boxes']} boxes at {train['labels']} / {val['labels']} label "
+        f"times, 304x240, seed {summary['seed']} -> {summary['root']}"
     )
     return 0

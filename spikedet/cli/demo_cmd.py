@@ -60,7 +60,13 @@ def run(args: argparse.Namespace) -> int:
     _stage(1, 4, f"data: synthetic COCO, {n_train} train + {n_val} val images at {IMGSZ} px")
     data = out / "data"
     info = write_synthetic_coco(data, n_train=n_train, n_val=n_val, imgsz=IMGSZ, seed=SEED)
-    print(f"wrote {data} ({info})", flush=True)
+    splits = info["splits"]
+    print(
+        f"wrote {data}: {splits['train']['images']} train / {splits['val']['images']} val images, "
+        f"{splits['train']['boxes']} / {splits['val']['boxes']} boxes, classes "
+        + ", ".join(c["name"] for c in info["categories"]),
+        flush=True,
+    )
 
     cfg = demo_config(fast=bool(args.fast), data=str(data), out=str(out / "train"))
     _stage(2, 4, f"train: {cfg.model}, {cfg.epochs} epochs, batch {cfg.batch} (CPU)")
@@ -141,7 +147,7 @@ def _format_summary(s: dict) -> str:
             f"  Lava vs fixed engine                 : {lava}",
             f"  cores used on loihi2                 : {s['cores']} ({s['chips']} chip(s))",
             f"  energy per inference (loihi2)        : {s['energy_uj_per_inference']:.3f} uJ "
-        f"({s['dynamic_energy_uj_per_inference']:.3f} uJ dynamic, the rest static)",
+            f"({s['dynamic_energy_uj_per_inference']:.3f} uJ dynamic, the rest static)",
             f"  45 nm model: SNN / equivalent ANN    : {s['cmos45nm_snn_uj']:.3f} / {s['cmos45nm_ann_uj']:.3f} uJ",
             f"  wall time                            : {s['seconds']:.0f} s",
         ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from spikedet.errors import SpikedetError
 # Only commands that work end to end are listed here.
 COMMAND_MODULES = (
     "spikedet.cli.data_cmd",
+    "spikedet.cli.model_cmd",
     "spikedet.cli.deploy_cmd",
     "spikedet.cli.report_cmd",
     "spikedet.cli.demo_cmd",
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.write(f"spikedet: error: {err.one_line()}\n")
         return 2
+    except BrokenPipeError:
+        # The reader went away (e.g. `spikedet ... | head`): not a failure of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("spikedet: error: interrupted (keyboard)\n")
         return 130

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from spikedet.errors import SpikedetError
+
 # ---------------------------------------------------------------------------------------------
 # I-LIF (SpikeYOLO): s = round_half_even(clamp(u, 0, D)), soft reset by the integer spike.
 
@@ -57,11 +59,21 @@ class ILIF(nn.Module):
     """Multi-step I-LIF over ``[T, ...]`` input; returns integer spike counts ``[T, ...]``.
 
     COCO (SpikeYOLO): D=4, beta=0.25, alpha=1. Gen1 variant: beta=0.5, alpha=0.5.
+
+    In ``spike_mode == "binary"`` (set with ``set_spike_mode``) the same integers leave as their
+    thermometer code ``[T*D, ...]`` (docs/semantics.md §1.1); the consuming conv then sums its
+    D slot outputs per logical step (``blocks.ConvBN.forward_slots``). ``slots`` is the number of
+    output slots per logical step (1 in integer mode, D in binary mode).
     """
 
     def __init__(self, levels: int = 4, beta: float = 0.25, alpha: float = 1.0):
         super().__init__()
         self.levels, self.beta, self.alpha = int(levels), float(beta), float(alpha)
+        self.spike_mode: str = "integer"
+
+    @property
+    def slots(self) -> int:
+        return self.levels if self.spike_mode == "binary" else 1
 
     def forward(self, x: Tensor) -> Tensor:
         state: ILIFState | None = None
@@ -69,10 +81,33 @@ class ILIF(nn.Module):
         for t in range(x.shape[0]):
             s, state = ilif_step(x[t], state, self.levels, self.beta, self.alpha)
             out.append(s)
-        return torch.stack(out)
+        spikes = torch.stack(out)
+        return to_binary_slots(spikes, self.levels) if self.spike_mode == "binary" else spikes
 
     def extra_repr(self) -> str:
-        return f"D={self.levels}, beta={self.beta}, alpha={self.alpha}"
+        mode = ", binary" if self.spike_mode == "binary" else ""
+        return f"D={self.levels}, beta={self.beta}, alpha={self.alpha}{mode}"
+
+
+SPIKE_MODES = ("integer", "binary")
+
+
+def set_spike_mode(model: nn.Module, mode: str) -> int:
+    """Switch every I-LIF in ``model`` to ``"integer"`` (s in {0..D} per step, the training form)
+    or ``"binary"`` (spike-driven: D binary slots per step, slot d fires iff d < s).
+
+    Both modes compute the same numbers in exact arithmetic: a conv is linear, so
+    conv(s) = sum_d conv(slot_d), and the consumer adds bias and BN once after the slot sum.
+    Returns the number of I-LIF modules switched.
+    """
+    if mode not in SPIKE_MODES:
+        raise SpikedetError(f"spike mode must be one of {list(SPIKE_MODES)}", repr(mode))
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ILIF):
+            module.spike_mode = mode
+            count += 1
+    return count
 
 
 def to_binary_slots(s: Tensor, levels: int) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Protocol
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikedet.train.neurons import ILIF
@@ -75,6 +76,41 @@ class ConvBN(nn.Module):
         y = seq_apply(self.conv, x)
         return seq_apply(self.bn, y) if self.bn is not None else y
 
+    def forward_slots(self, x: Tensor, slots: int) -> Tensor:
+        """Spike-driven form: ``x`` is ``[T*slots, B, ...]`` binary slots of T logical steps.
+
+        y_t = BN(sum_d conv_nobias(x_{t*slots+d}) + bias): the bias and BN are applied once per
+        logical step, never per slot (SpikeYOLO issue #73). ``slots == 1`` is ``forward``.
+        """
+        if slots == 1:
+            return self(x)
+        conv = self.conv
+        summed = slot_conv(x, slots, conv.weight, conv.stride, conv.padding, conv.groups)
+        y = summed if conv.bias is None else summed + conv.bias.view(1, 1, -1, 1, 1)
+        return seq_apply(self.bn, y) if self.bn is not None else y
+
+
+def slot_conv(
+    x: Tensor,
+    slots: int,
+    weight: Tensor,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+) -> Tensor:
+    """Per logical step t, sum_d conv(x_{t*slots+d}) without bias: ``[T*slots, B, ...]`` ->
+    ``[T, B, ...]``. Summing before the bias is what keeps binary slots exact (§1.1)."""
+    t_slots, b = x.shape[:2]
+    if t_slots % slots:
+        raise ValueError(f"{t_slots} slots is not a multiple of {slots} per step")
+    y = F.conv2d(x.flatten(0, 1), weight, None, stride, padding, 1, groups)
+    return y.view(t_slots // slots, slots, b, *y.shape[1:]).sum(1)
+
+
+def spike_conv(lif: ILIF, conv_bn: ConvBN, x: Tensor) -> Tensor:
+    """I-LIF then ConvBN, in the neuron's spike mode (integer counts or binary slots)."""
+    return conv_bn.forward_slots(lif(x), lif.slots)
+
 
 class SpikeConv(nn.Module):
     """I-LIF -> Conv -> BN (SpikeYOLO's MS_StandardConv / SpikeConv): current in, current out."""
@@ -95,7 +131,7 @@ class SpikeConv(nn.Module):
         self.cb = ConvBN(cin, cout, k, s, groups=groups, bias=bias, bn=bn)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.cb(self.lif(x))
+        return spike_conv(self.lif, self.cb, x)
 
     def trace(self, g: Builder, x: Current) -> Current:
         return g.conv(g.spikes(x, self.lif), self.cb)
@@ -119,7 +155,7 @@ class MSDownSampling(nn.Module):
         self.cb = ConvBN(cin, cout, k, s, p, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.cb(x if self.lif is None else self.lif(x))
+        return self.cb(x) if self.lif is None else spike_conv(self.lif, self.cb, x)
 
     def trace(self, g: Builder, x: Any) -> Current:
         src = g.input if self.lif is None else g.spikes(x, self.lif)
@@ -191,5 +227,7 @@ __all__ = [
     "SepConv",
     "SpikeConv",
     "seq_apply",
+    "slot_conv",
+    "spike_conv",
     "time_mean",
 ]

@@ -19,7 +19,24 @@ import copy
 from typing import Any
 
 from spikedet.errors import SpikedetError
-from spikedet.train.models.spikeyolo import CONFIG_KEYS, SpikeYOLO
+from spikedet.train.models.ems import EMS_MODEL_NAMES, EMSYOLO, ems_config
+from spikedet.train.models.spikeyolo import (
+    CONFIG_KEYS,
+    FULL_CONFIG_KEYS,
+    SpikeYOLO,
+    SpikeYOLOv8,
+)
+
+# SpikeYOLO scales (reference detectors.md §3.2): widths = int(w * (128, 256, 512, 1024)) at
+# strides 4/8/16/32, repeats = max(round(d * (3, 6, 9, 3)), 1) for layers 2/4/6/8, and the
+# layer-25 MS_ConvBlock ratio (1 for n/s, 2 for m/l per the yaml comment; issue #22).
+_SCALES: dict[str, tuple[list[int], list[int], int]] = {
+    "n": ([48, 96, 192, 384], [1, 2, 3, 1], 1),
+    "s": ([64, 128, 256, 512], [1, 2, 3, 1], 1),
+    "m": ([80, 160, 320, 640], [2, 3, 4, 2], 2),
+    "l": ([96, 192, 384, 768], [2, 3, 4, 2], 2),
+}
+COCO_NC = 80
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "spikeyolo-pico": {
@@ -39,18 +56,39 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "detect_stages": [1, 2],
     },
 }
+for _scale, (_widths, _repeats, _p5_ratio) in _SCALES.items():
+    _CONFIGS[f"spikeyolo-{_scale}"] = {
+        "name": f"spikeyolo-{_scale}",
+        "nc": COCO_NC,
+        "names": [f"class{i}" for i in range(COCO_NC)],
+        "imgsz": 640,
+        "T": 1,
+        "levels": 4,
+        "reg_max": 16,
+        "in_channels": 3,
+        "widths": _widths,
+        "repeats": _repeats,
+        "p5_ratio": _p5_ratio,
+        "sep_kernel": 7,
+    }
 
-MODEL_NAMES: tuple[str, ...] = tuple(_CONFIGS)
+SPIKEYOLO_NAMES: tuple[str, ...] = tuple(_CONFIGS)
+MODEL_NAMES: tuple[str, ...] = SPIKEYOLO_NAMES + EMS_MODEL_NAMES
 
 
 def model_config(
     name: str, nc: int | None = None, names: list[str] | None = None, **overrides: Any
 ) -> dict[str, Any]:
     """The named config with the data's classes and any field overrides applied."""
+    if name in EMS_MODEL_NAMES:
+        if names is not None:
+            nc = len(names)
+        return ems_config(name, nc, **overrides)
     if name not in _CONFIGS:
         raise SpikedetError(f"unknown model; known models: {', '.join(MODEL_NAMES)}", name)
     cfg = copy.deepcopy(_CONFIGS[name])
-    bad = [k for k in overrides if k not in CONFIG_KEYS or k in ("name", "nc", "names")]
+    keys = FULL_CONFIG_KEYS if "repeats" in cfg else CONFIG_KEYS
+    bad = [k for k in overrides if k not in keys or k in ("name", "nc", "names")]
     if bad:
         raise SpikedetError(f"unknown or fixed config fields {bad}", name)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
@@ -65,13 +103,21 @@ def model_config(
 
 def build_model(
     name: str, nc: int | None = None, names: list[str] | None = None, **overrides: Any
-) -> SpikeYOLO:
+) -> SpikeYOLO | SpikeYOLOv8 | EMSYOLO:
     """Build a named model, e.g. ``build_model("spikeyolo-pico", names=ds.names, T=2)``."""
-    return SpikeYOLO(model_config(name, nc, names, **overrides))
+    return build_from_config(model_config(name, nc, names, **overrides))
 
 
-def build_from_config(config: dict[str, Any]) -> SpikeYOLO:
-    """Rebuild a model from ``SpikeYOLO.config`` (e.g. as stored in a checkpoint)."""
+def build_from_config(config: dict[str, Any]) -> SpikeYOLO | SpikeYOLOv8 | EMSYOLO:
+    """Rebuild a model from its ``config`` (e.g. as stored in a checkpoint).
+
+    Configs with ``anchors`` are EMS-YOLO (``EMSYOLO``), configs with ``repeats`` the full
+    SpikeYOLO family (``SpikeYOLOv8``), the others the exportable ``SpikeYOLO`` layout
+    (spikeyolo-pico).
+    """
     if not isinstance(config, dict):
         raise SpikedetError("model config must be a dict", type(config).__name__)
-    return SpikeYOLO(dict(config))
+    if "anchors" in config:  # the anchor-based EMS-YOLO family
+        return EMSYOLO(dict(config))
+    family = SpikeYOLOv8 if "repeats" in config else SpikeYOLO
+    return family(dict(config))

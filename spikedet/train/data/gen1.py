@@ -1,0 +1,292 @@
+"""Prophesee Gen1 files: ``<stem>_td.dat`` events and ``<stem>_bbox.npy`` boxes (no torch).
+
+``.dat`` layout (docs: /work/shared/reference/data_formats.md §1.2): ASCII header lines starting
+with ``%`` (``% Height``/``% Width`` optional, default 240 x 304), then 2 bytes (event type 0 or
+12, event size 8), then little-endian records ``uint32 t_us, uint32 w`` with
+``x = w & 0x3FFF``, ``y = (w >> 14) & 0x3FFF``, ``p = (w >> 28) & 1`` and bits 29-31 zero.
+
+Two readers return the same ``EVENT_DTYPE`` array (expelliarmus' own output layout):
+``read_dat(path)`` uses expelliarmus (fast C decoder) and ``read_dat(path, backend="numpy")`` a
+memmap decoder; ``DatFile`` gives windowed access. All of them check the header, the
+type/size bytes, a body length that is a multiple of 8, p in {0, 1} (bits 29-31 zero), x < width,
+y < height and non-decreasing timestamps, and raise ``SpikedetError`` naming the file.
+
+Backward timestamps: expelliarmus treats a backward step as a 32-bit overflow and adds 2^32 µs to
+every later event. Gen1 files last 60 s (a real wrap needs 71.6 min), so any decoded t >= 2^32,
+or any decrease in the raw uint32 column, is a backward step. Policy: refuse by default
+(``on_backward="error"``); ``on_backward="clamp"`` replaces t by its running maximum of the raw
+column (what RVT does) and emits a ``RuntimeWarning``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from spikedet.errors import SpikedetError
+
+SENSOR_HW = (240, 304)  # Gen1 ATIS (height, width); the default when the header has none
+CLASS_NAMES = ("car", "pedestrian")  # class_id 0, 1
+EVENT_DTYPE = np.dtype({"names": ["t", "x", "y", "p"], "formats": ["<i8", "<i2", "<i2", "u1"],
+                        "offsets": [0, 8, 10, 12], "itemsize": 16})  # fmt: skip
+RAW_DTYPE = np.dtype([("t", "<u4"), ("w", "<u4")])
+# Toolbox "new" box layout (40 bytes); the names every box array is normalised to.
+BBOX_DTYPE = np.dtype({"names": ["t", "x", "y", "w", "h", "class_id", "track_id",
+                                 "class_confidence"],
+                       "formats": ["<i8", "<f4", "<f4", "<f4", "<f4", "<u4", "<u4", "<f4"],
+                       "offsets": [0, 8, 12, 16, 20, 24, 28, 32], "itemsize": 40})  # fmt: skip
+# Gen1 original release layout (packed, 33 bytes).
+BBOX_DTYPE_ORIGINAL = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w", "<f4"),
+                                ("h", "<f4"), ("class_id", "u1"), ("confidence", "<f4"),
+                                ("track_id", "<u4")])  # fmt: skip
+_VALID_TYPES = (0, 12)  # Event2D (Gen1/ATIS) and EventCD (Metavision)
+_MAX_HEADER_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class DatHeader:
+    """What the header of a ``.dat`` file declares; ``data_offset`` is the first event byte."""
+
+    path: str
+    lines: tuple[str, ...]
+    event_type: int
+    event_size: int
+    height: int
+    width: int
+    data_offset: int
+    n_events: int
+
+
+def read_dat_header(path: str | os.PathLike) -> DatHeader:
+    """Parse and check the header, the type/size bytes and the body length (one read of <=64 KiB)."""
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise SpikedetError("event file not found", where)
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(min(size, _MAX_HEADER_BYTES))
+    lines: list[str] = []
+    pos = 0
+    while pos < len(head) and head[pos : pos + 1] == b"%":
+        end = head.find(b"\n", pos)
+        if end < 0:
+            raise SpikedetError("file ends inside the header (header only, no events)", where)
+        lines.append(head[pos + 1 : end].decode("latin-1").strip())
+        pos = end + 1
+    if not lines:
+        raise SpikedetError("no '%' header line: not a .dat event file", where)
+    if pos + 2 > size:
+        raise SpikedetError("header only: the event type/size bytes are missing", where)
+    event_type, event_size = head[pos], head[pos + 1]
+    if event_type not in _VALID_TYPES:
+        raise SpikedetError(f"event type {event_type}, expected 0 (Event2D) or 12 (CD)", where)
+    if event_size != 8:
+        raise SpikedetError(f"event size {event_size} bytes, expected 8", where)
+    body = size - pos - 2
+    if body % 8:
+        raise SpikedetError(f"truncated: {body} event bytes is not a multiple of 8", where)
+    height, width = SENSOR_HW
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if key.lower() in ("height", "width"):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                raise SpikedetError(f"bad header line '% {line}'", where) from None
+            if not 0 < number <= 0x4000:
+                raise SpikedetError(f"{key} {number} outside 1..16384", where)
+            height, width = (number, width) if key.lower() == "height" else (height, number)
+    return DatHeader(where, tuple(lines), event_type, event_size, height, width, pos + 2, body // 8)
+
+
+def _first_backward(raw_t: np.ndarray) -> int:
+    """Index of the first event whose raw timestamp is smaller than its predecessor's, or -1."""
+    bad = np.flatnonzero(raw_t[1:] < raw_t[:-1])
+    return int(bad[0]) + 1 if bad.size else -1
+
+
+def _backward(header: DatHeader, raw_t: np.ndarray, on_backward: str) -> np.ndarray | None:
+    """Apply the backward-timestamp policy; return clamped int64 times or None if monotonic."""
+    k = _first_backward(raw_t)
+    if k < 0:
+        return None
+    msg = f"timestamps go backwards at event {k} ({int(raw_t[k - 1])} -> {int(raw_t[k])} us)"
+    if on_backward != "clamp":
+        raise SpikedetError(msg, header.path)
+    warnings.warn(f"{msg}; clamped to the running maximum ({header.path})", RuntimeWarning, 2)
+    return np.maximum.accumulate(raw_t).astype(np.int64)
+
+
+def _check_decoded(header: DatHeader, ev: np.ndarray, first_index: int = 0) -> None:
+    """p in {0, 1} (expelliarmus returns the whole bit 28-31 nibble), x < width, y < height."""
+    if ev.size == 0:
+        return
+    for field, limit, what in (("p", 2, "polarity bits 29-31 set"),
+                               ("x", header.width, f"x >= width {header.width}"),
+                               ("y", header.height, f"y >= height {header.height}")):  # fmt: skip
+        column = ev[field]
+        if int(column.max()) >= limit:
+            k = int(np.argmax(column >= limit)) + first_index
+            raise SpikedetError(f"event {k}: {what} ({field} = {int(column.max())})", header.path)
+
+
+def raw_events(header: DatHeader) -> np.ndarray:
+    """Read-only memmap of the raw ``(t, w)`` uint32 records (empty array when no events)."""
+    if header.n_events == 0:
+        return np.zeros(0, RAW_DTYPE)
+    return np.memmap(header.path, RAW_DTYPE, "r", header.data_offset, (header.n_events,))
+
+
+def decode_raw(raw: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    """Raw ``(t, w)`` records -> ``EVENT_DTYPE``; ``p`` keeps bits 28-31 so bad bits stay visible."""
+    out = np.empty(len(raw), EVENT_DTYPE)
+    w = np.ascontiguousarray(raw["w"])
+    out["t"] = raw["t"] if t is None else t
+    out["x"] = w & 0x3FFF
+    out["y"] = (w >> 14) & 0x3FFF
+    out["p"] = w >> 28
+    return out
+
+
+def read_dat(
+    path: str | os.PathLike, backend: str = "expelliarmus", on_backward: str = "error"
+) -> np.ndarray:
+    """Read and check a whole ``.dat`` file -> ``EVENT_DTYPE`` [N] (t int64 µs, x, y, p).
+
+    ``backend``: ``"expelliarmus"`` (C decoder) or ``"numpy"`` (memmap decoder). A file with a
+    header and the type/size bytes but no events gives an empty array.
+    """
+    if backend not in ("expelliarmus", "numpy"):
+        raise SpikedetError(f"unknown backend '{backend}'", "read_dat")
+    if on_backward not in ("error", "clamp"):
+        raise SpikedetError(
+            f"on_backward must be 'error' or 'clamp', got '{on_backward}'", "read_dat"
+        )
+    header = read_dat_header(path)
+    if header.n_events == 0:
+        return np.zeros(0, EVENT_DTYPE)
+    if backend == "numpy":
+        raw = raw_events(header)
+        clamped = _backward(header, raw["t"], on_backward)
+        ev = decode_raw(raw, clamped)
+    else:
+        ev = _read_expelliarmus(header)
+        # Each backward step adds 2^32 to all later events, so one look at the last t tells.
+        if int(ev["t"][-1]) >= 1 << 32:
+            clamped = _backward(header, raw_events(header)["t"], on_backward)
+            if clamped is None:  # a genuine 32-bit wrap: > 71.6 min, not a Gen1 recording
+                raise SpikedetError("timestamps wrap past 2^32 us (not supported)", header.path)
+            ev["t"] = clamped
+    _check_decoded(header, ev)
+    return ev
+
+
+def _read_expelliarmus(header: DatHeader) -> np.ndarray:
+    try:
+        from expelliarmus import Wizard
+    except ImportError:
+        raise SpikedetError(
+            "expelliarmus is not installed; use backend='numpy'", header.path
+        ) from None
+
+    if Path(header.path).suffix != ".dat":
+        raise SpikedetError(
+            "expelliarmus needs a '.dat' file name; use backend='numpy'", header.path
+        )
+    ev = Wizard(encoding="dat").read(header.path)
+    if ev is None or len(ev) != header.n_events:  # None: it could not find the events at all
+        got = "nothing" if ev is None else f"{len(ev)} events"
+        raise SpikedetError(f"expelliarmus read {got}, expected {header.n_events}", header.path)
+    if ev.dtype != EVENT_DTYPE:
+        ev = ev.astype(EVENT_DTYPE)
+    return ev
+
+
+class DatFile:
+    """Windowed access to one ``.dat`` file: the header is checked on open, the raw t column is
+    cached (4 bytes per event, checked for monotonicity once) and ``window(t0, t1)`` decodes only
+    the events with ``t0 <= t < t1`` (checked for polarity bits and coordinates)."""
+
+    def __init__(self, path: str | os.PathLike, on_backward: str = "error"):
+        self.header = read_dat_header(path)
+        self._raw = raw_events(self.header)
+        times = np.ascontiguousarray(self._raw["t"])
+        clamped = _backward(self.header, times, on_backward)
+        self.t = times.astype(np.int64) if clamped is None else clamped
+
+    def __len__(self) -> int:
+        return self.header.n_events
+
+    def window(self, t0: int, t1: int) -> np.ndarray:
+        """Events with ``t0 <= t < t1`` as ``EVENT_DTYPE``."""
+        lo, hi = np.searchsorted(self.t, [t0, t1], side="left")
+        ev = decode_raw(self._raw[lo:hi], self.t[lo:hi])
+        _check_decoded(self.header, ev, int(lo))
+        return ev
+
+
+def read_bbox(path: str | os.PathLike) -> np.ndarray:
+    """Read a ``_bbox.npy`` (original 33-byte or toolbox 40-byte dtype) -> ``BBOX_DTYPE`` [N].
+
+    Renames ``ts`` -> ``t`` and ``confidence`` -> ``class_confidence``; refuses other dtypes,
+    non-finite values, negative w/h, class ids other than 0/1 and rows not sorted by t.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise SpikedetError("box file not found", where)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise SpikedetError(f"not a readable .npy file: {err}", where) from None
+    names = arr.dtype.names or ()
+    renamed = tuple({"ts": "t", "confidence": "class_confidence"}.get(n, n) for n in names)
+    if arr.ndim != 1 or sorted(renamed) != sorted(BBOX_DTYPE.names):
+        raise SpikedetError(
+            f"unexpected box array {arr.dtype} {arr.shape}; expected fields "
+            f"{', '.join(BBOX_DTYPE.names)} (or ts/confidence)", where)  # fmt: skip
+    out = np.empty(len(arr), BBOX_DTYPE)
+    for old, new in zip(names, renamed):
+        out[new] = arr[old]
+    for field in ("x", "y", "w", "h", "class_confidence"):
+        if not np.all(np.isfinite(out[field])):
+            raise SpikedetError(f"non-finite {field} in a box row", where)
+    for field in ("w", "h"):
+        if np.any(out[field] < 0):
+            k = int(np.argmax(out[field] < 0))
+            raise SpikedetError(f"row {k}: negative box {field} {float(out[field][k])}", where)
+    if np.any(out["class_id"] >= len(CLASS_NAMES)):
+        raise SpikedetError(f"class_id outside 0..{len(CLASS_NAMES) - 1}", where)
+    if np.any(np.diff(out["t"]) < 0):
+        raise SpikedetError("box rows are not sorted by t", where)
+    return out
+
+
+@dataclass(frozen=True)
+class Gen1Recording:
+    """One recording: ``stem`` and its two files."""
+
+    stem: str
+    dat: Path
+    bbox: Path
+
+
+def find_recordings(root: str | os.PathLike, split: str) -> list[Gen1Recording]:
+    """Pair ``<stem>_td.dat`` with ``<stem>_bbox.npy`` in ``root/split`` by stem, sorted by stem.
+
+    A file whose partner is missing raises ``SpikedetError`` naming it.
+    """
+    folder = Path(root) / split
+    if not folder.is_dir():
+        raise SpikedetError(f"split folder '{split}' not found", str(folder))
+    dats = {p.name[: -len("_td.dat")]: p for p in folder.glob("*_td.dat")}
+    boxes = {p.name[: -len("_bbox.npy")]: p for p in folder.glob("*_bbox.npy")}
+    for stem in sorted(dats.keys() ^ boxes.keys()):
+        lonely = dats.get(stem) or boxes[stem]
+        raise SpikedetError("no matching _td.dat / _bbox.npy partner", str(lonely))
+    return [Gen1Recording(stem, dats[stem], boxes[stem]) for stem in sorted(dats)]

@@ -1,0 +1,143 @@
+"""Spike-driven (binary) inference of I-LIF models: docs/semantics.md §1.1 and §3.4.
+
+In binary mode every I-LIF sends its integer s as D thermometer-coded binary slots, and every
+conv that reads spikes runs per slot without bias, sums the D slots of a logical step, then adds
+bias and BN once. The detectors must give the same spikes and (to float rounding) outputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spikedet.errors import SpikedetError
+from spikedet.train.models.blocks import ConvBN, SpikeConv
+from spikedet.train.models.registry import build_from_config, build_model
+from spikedet.train.models.yolo_blocks import RepSpikeConv
+from spikedet.train.neurons import ILIF, set_spike_mode, to_binary_slots
+
+
+def randomize_bn(model: nn.Module, seed: int = 1) -> None:
+    """Non-trivial BN statistics and affines so spikes span 0..D."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            for tensor, lo, hi in (
+                (bn.running_mean, -0.2, 0.2),
+                (bn.running_var, 0.5, 1.5),
+                (bn.weight, 1.0, 2.0),
+                (bn.bias, 0.0, 0.8),
+            ):
+                tensor.copy_(torch.empty(tensor.shape).uniform_(lo, hi, generator=gen))
+
+
+def run_with_spikes(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:
+    """Outputs and every I-LIF's output, binary slots folded back to integers ``[T, ...]``."""
+    spikes: dict[str, torch.Tensor] = {}
+
+    def record(name: str, lif: ILIF, out: torch.Tensor) -> None:
+        if lif.spike_mode == "binary":
+            assert set(out.unique().tolist()) <= {0.0, 1.0}
+            out = out.view(-1, lif.levels, *out.shape[1:]).sum(1)
+        spikes[name] = out
+
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, k=name: record(k, mod, o))
+        for name, m in model.named_modules()
+        if isinstance(m, ILIF)
+    ]
+    try:
+        with torch.no_grad():
+            outs = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs, spikes
+
+
+def compare_modes(model: nn.Module, x: torch.Tensor) -> float:
+    """Max |integer - binary| over the head outputs; asserts the spikes are exactly equal."""
+    assert set_spike_mode(model, "integer") > 0
+    ref, ref_spikes = run_with_spikes(model, x)
+    set_spike_mode(model, "binary")
+    try:
+        out, spikes = run_with_spikes(model, x)
+    finally:
+        set_spike_mode(model, "integer")
+    assert spikes.keys() == ref_spikes.keys()
+    for name in spikes:
+        assert torch.equal(spikes[name], ref_spikes[name]), name
+    values = torch.cat([s.flatten() for s in ref_spikes.values()]).long().bincount()
+    assert len(values) == 5 and (values > 0).all()  # every level 0..4 occurs: not a trivial net
+    return max(float((a - b).abs().max()) for pa, pb in zip(ref, out) for a, b in zip(pa, pb))
+
+
+def test_ilif_binary_slots_are_thermometer_code():
+    lif = ILIF(4)
+    x = torch.tensor([[-1.0, 0.4, 0.6, 1.5, 2.6, 3.4, 9.0]]).repeat(2, 1)  # T = 2
+    ints = lif(x)
+    set_spike_mode(lif, "binary")
+    slots = lif(x)
+    assert lif.slots == 4 and slots.shape == (8, 7)
+    assert torch.equal(slots, to_binary_slots(ints, 4))
+    # t = 0: virtual steps 0..3; slot d fires iff d < s
+    assert slots[:4, 4].tolist() == [1.0, 1.0, 1.0, 0.0] and ints[0, 4] == 3
+    assert torch.equal(slots.view(2, 4, 7).sum(1), ints)
+    with pytest.raises(SpikedetError, match="spike mode"):
+        set_spike_mode(lif, "ternary")
+
+
+def test_conv_bias_and_bn_applied_once():
+    torch.manual_seed(0)
+    for bn in (True, False):
+        layer = SpikeConv(3, 4, 3, s=2, bias=True, bn=bn)
+        randomize_bn(layer)
+        with torch.no_grad():
+            layer.cb.conv.bias.uniform_(1.0, 2.0)  # a bias added D times would be far off
+        layer.eval()
+        x = 4 * torch.rand(2, 2, 3, 8, 8)
+        with torch.no_grad():
+            ref = layer(x)
+            set_spike_mode(layer, "binary")
+            out = layer(x)
+            set_spike_mode(layer, "integer")
+        assert out.shape == ref.shape == (2, 2, 4, 4, 4)
+        assert (out - ref).abs().max() < 1e-5
+    cb = ConvBN(3, 4, 1)
+    with pytest.raises(ValueError, match="multiple"):
+        cb.forward_slots(torch.rand(6, 1, 3, 4, 4), 4)
+
+
+def test_pico_detector_integer_equals_binary():
+    torch.manual_seed(0)
+    model = build_model("spikeyolo-pico", T=2)  # T = 2 checks the time-major slot order
+    randomize_bn(model)
+    model.eval()
+    diff = compare_modes(model, torch.rand(2, 3, 64, 64))
+    assert diff <= 1e-5, diff
+
+
+def test_spikeyolo_n_fused_integer_equals_binary():
+    torch.manual_seed(0)
+    model = build_model("spikeyolo-n", imgsz=64)
+    randomize_bn(model)
+    model.eval()
+    assert model.reparameterize() == 26
+    diff = compare_modes(model, torch.rand(1, 3, 64, 64))
+    assert diff <= 1e-5, diff
+
+
+def test_unfused_chains_in_binary_mode():
+    """An unfused RepConv chain runs its fused kernel per slot (bias once); float64 is exact."""
+    torch.manual_seed(0)
+    model = build_model("spikeyolo-n", nc=3, widths=[8, 16, 32, 64], repeats=[1, 1, 1, 1], imgsz=64)
+    randomize_bn(model)
+    model = model.double().eval()
+    assert any(isinstance(m, RepSpikeConv) for m in model.modules())
+    diff = compare_modes(model, torch.rand(1, 3, 64, 64, dtype=torch.float64))
+    assert diff <= 1e-9, diff
+    again = build_from_config(model.config)
+    set_spike_mode(again, "binary")
+    with pytest.raises(SpikedetError, match="needs eval mode"):
+        again(torch.rand(1, 3, 64, 64))
