@@ -7,10 +7,10 @@ Peers are configured as close to our neurons as their APIs allow (decay 0.25, th
 hard reset for LIF); peers that are not importable are skipped with a note. Run it from a venv
 that holds the peers (see the report / Makefile ``bench`` extra), e.g.
 
-    /tmp/bench-venv/bin/python benchmarks/neurons.py
+    .venv-bench/bin/python benchmarks/neurons.py --threads 1
 
 spikedet itself is imported from this checkout (the script puts the repo root on sys.path), so
-the peer venv only needs torch and the peer packages.
+the peer venv only needs torch and the peer packages (`make bench` builds it as .venv-bench).
 """
 
 from __future__ import annotations
@@ -100,111 +100,14 @@ def norse_lif() -> Layer:
     return run
 
 
-class _FusedILIF(torch.autograd.Function):
-    """Proposal for neurons.py: the whole I-LIF sequence as ONE autograd node.
-
-    Forward as ``ilif_step``; backward in closed form (the reset uses the detached spike, so
-    du_{t+1}/du_t = beta):  g_u_t = g_s_t * [0 <= u_t <= D] + beta * g_u_{t+1},  g_x_t = alpha * g_u_t.
-    Saves one bool mask per step instead of an autograd graph of ~6 nodes per step.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, levels: int, beta: float, alpha: float) -> Tensor:  # type: ignore[override]
-        out = torch.empty_like(x)
-        inside = torch.empty(x.shape, dtype=torch.bool)
-        u = torch.zeros_like(x[0])
-        for t in range(x.shape[0]):
-            if t:
-                u.sub_(out[t - 1]).mul_(beta)
-            u.add_(x[t], alpha=alpha)
-            torch.logical_and(u >= 0, u <= levels, out=inside[t])
-            torch.round(torch.clamp(u, 0.0, float(levels)), out=out[t])
-        ctx.save_for_backward(inside)
-        ctx.beta, ctx.alpha = beta, alpha
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        (inside,) = ctx.saved_tensors
-        gx = torch.empty_like(grad)
-        g_u = torch.zeros_like(grad[0])
-        for t in reversed(range(grad.shape[0])):
-            g_u.mul_(ctx.beta).add_(grad[t] * inside[t])
-            torch.mul(g_u, ctx.alpha, out=gx[t])
-        return gx, None, None, None
-
-
-class _FusedLIF(torch.autograd.Function):
-    """Proposal for neurons.py: the EMS LIF sequence as one autograd node.
-
-    du_{t+1}/du_t = beta * (1 - s_t) (detached spike);  g_u_t = g_s_t * [|u_t - V_th| < 0.5]
-    + beta * (1 - s_t) * g_u_{t+1};  g_x_t = g_u_t.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, beta: float, threshold: float) -> Tensor:  # type: ignore[override]
-        out = torch.empty_like(x)
-        inside = torch.empty(x.shape, dtype=torch.bool)
-        u = x[0].clone()
-        for t in range(x.shape[0]):
-            if t:
-                u.mul_(1.0 - out[t - 1]).mul_(beta).add_(x[t])
-            torch.lt((u - threshold).abs_(), 0.5, out=inside[t])
-            torch.gt(u, threshold, out=out[t])
-        ctx.save_for_backward(inside, out)
-        ctx.beta = beta
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        inside, spikes = ctx.saved_tensors
-        gx = torch.empty_like(grad)
-        g_u = torch.zeros_like(grad[0])
-        for t in reversed(range(grad.shape[0])):
-            if t < grad.shape[0] - 1:
-                g_u.mul_(1.0 - spikes[t]).mul_(ctx.beta)
-            g_u.add_(grad[t] * inside[t])
-            gx[t] = g_u
-        return gx, None, None
-
-
-def fused_lif() -> Layer:
-    return lambda x: _FusedLIF.apply(x, BETA, V_TH)
-
-
-def fused_ilif() -> Layer:
-    return lambda x: _FusedILIF.apply(x, 4, BETA, 1.0)
-
-
-def check_fused_identical(shape: tuple[int, ...]) -> None:
-    """Outputs and input gradients of the fused proposals equal neurons.py's bit for bit."""
-    gen = torch.Generator().manual_seed(1)
-    base = torch.randn(shape, generator=gen) * 2
-    weight = torch.randn(shape, generator=gen)
-    for ref, fused in ((ours_lif(), fused_lif()), (ours_ilif(), fused_ilif())):
-        xr, xf = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
-        yr, yf = ref(xr), fused(xf)
-        (yr * weight).sum().backward()
-        (yf * weight).sum().backward()
-        if not (torch.equal(yr, yf) and torch.equal(xr.grad, xf.grad)):
-            raise AssertionError("fused neuron differs from spikedet.train.neurons")
-
-
 LAYERS: dict[str, Callable[[], Layer]] = {
     "spikedet LIF (EMS)": ours_lif,
     "spikedet I-LIF (D=4)": ours_ilif,
-    "proposal: fused LIF": fused_lif,
-    "proposal: fused I-LIF": fused_ilif,
     "spikingjelly LIFNode (torch)": spikingjelly_lif,
     "snntorch Leaky": snntorch_lif,
     "norse LIFBoxCell": norse_lif,
 }
-OURS = (
-    "spikedet LIF (EMS)",
-    "spikedet I-LIF (D=4)",
-    "proposal: fused LIF",
-    "proposal: fused I-LIF",
-)
+OURS = ("spikedet LIF (EMS)", "spikedet I-LIF (D=4)")
 
 
 def time_layers(layers: dict[str, Layer], shape: tuple[int, ...], repeat: int) -> dict[str, float]:
@@ -236,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = tuple(args.shape)
-    check_fused_identical((shape[0], 2, 3, 5, 5))
-    check_fused_identical(shape)
     layers: dict[str, Layer] = {}
     for name, make in LAYERS.items():
         try:

