@@ -21,6 +21,7 @@ from spikedet.sim.engine import EngineResult, check_input
 from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QPopulation, QSynapse, QuantGraph
 
 STATE_MAX = (1 << (STATE_BITS - 1)) - 1  # clip24 bound: +-(2^23 - 1)
+EXACT_FLOAT32_BOUND = 1 << 24
 EXACT_FLOAT_BOUND = 1 << 53  # largest magnitude below which every float64 integer is exact
 
 
@@ -62,8 +63,11 @@ def conv_int(x: np.ndarray, syn: QSynapse, max_elements: int = 1 << 24) -> np.nd
         return out
     peak_w = int(np.abs(weight).max()) if weight.size else 0
     peak_x = int(np.abs(x).max()) if x.size else 0
-    exact = peak_w * peak_x * k < EXACT_FLOAT_BOUND  # every partial sum is an exact float64
-    dtype = np.float64 if exact else np.int64
+    # Every partial sum is an integer of magnitude <= peak_w * peak_x * k; below 2^24 (2^53)
+    # float32 (float64) represents all of them exactly, so BLAS gives the exact integer result.
+    bound = peak_w * peak_x * k
+    exact = bound < EXACT_FLOAT_BOUND
+    dtype = np.float32 if bound < EXACT_FLOAT32_BOUND else np.float64 if exact else np.int64
     wmat = weight.reshape(groups, cout_g, k).astype(dtype)
     chunk = max(1, max_elements // max(groups * k * ho * wo, 1))
     for start in range(0, n, chunk):
