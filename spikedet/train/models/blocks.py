@@ -178,14 +178,14 @@ class SepConv(nn.Module):
         return self.out.trace(g, self.dw.trace(g, self.pw.trace(g, x)))
 
 
-class MSAllConvBlock(nn.Module):
-    """SNN-Block-1: X' = X + SepConv(X);  Y = X' + SpikeConv3(rC->C)(SpikeConv3(C->rC)(X'))."""
+class MixerBlock(nn.Module):
+    """X' = X + SepConv(X);  Y = X' + conv2(conv1(X')) with two spike-consuming convs.
 
-    def __init__(self, c: int, ratio: int = 4, k: int = 7, levels: int = 4):
-        super().__init__()
-        self.sep = SepConv(c, k, levels)
-        self.conv1 = SpikeConv(c, ratio * c, 3, levels=levels)
-        self.conv2 = SpikeConv(ratio * c, c, 3, levels=levels)
+    Subclasses choose the three parts (plain or re-parameterisable convs)."""
+
+    sep: nn.Module
+    conv1: nn.Module
+    conv2: nn.Module
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.sep(x)
@@ -194,6 +194,16 @@ class MSAllConvBlock(nn.Module):
     def trace(self, g: Builder, x: Current) -> Current:
         x = x + self.sep.trace(g, x)
         return x + self.conv2.trace(g, self.conv1.trace(g, x))
+
+
+class MSAllConvBlock(MixerBlock):
+    """SNN-Block-1: X' = X + SepConv(X);  Y = X' + SpikeConv3(rC->C)(SpikeConv3(C->rC)(X'))."""
+
+    def __init__(self, c: int, ratio: int = 4, k: int = 7, levels: int = 4):
+        super().__init__()
+        self.sep = SepConv(c, k, levels)
+        self.conv1 = SpikeConv(c, ratio * c, 3, levels=levels)
+        self.conv2 = SpikeConv(ratio * c, c, 3, levels=levels)
 
 
 class DetectBranch(nn.Module):
@@ -223,6 +233,7 @@ __all__ = [
     "Current",
     "DetectBranch",
     "MSAllConvBlock",
+    "MixerBlock",
     "MSDownSampling",
     "SepConv",
     "SpikeConv",

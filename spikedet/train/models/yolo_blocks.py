@@ -25,6 +25,7 @@ from spikedet.errors import SpikedetError
 from spikedet.train.models.blocks import (
     Builder,
     Current,
+    MixerBlock,
     SpikeConv,
     seq_apply,
     slot_conv,
@@ -196,23 +197,7 @@ class RepSepConv(nn.Module):
         return self.out.trace(g, self.dw.trace(g, self.pw.trace(g, x)))
 
 
-class _MixerBlock(nn.Module):
-    """X' = X + SepConv(X);  Y = X' + conv2(conv1(X')) with two spike-consuming convs."""
-
-    sep: nn.Module
-    conv1: nn.Module
-    conv2: nn.Module
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.sep(x)
-        return x + self.conv2(self.conv1(x))
-
-    def trace(self, g: Builder, x: Current) -> Current:
-        x = x + self.sep.trace(g, x)
-        return x + self.conv2.trace(g, self.conv1.trace(g, x))
-
-
-class RepAllConvBlock(_MixerBlock):
+class RepAllConvBlock(MixerBlock):
     """MS_AllConvBlock (SNN-Block-1): conv1/conv2 are SpikeConv3x3 C->rC->C."""
 
     def __init__(self, c: int, ratio: int = 4, k: int = 7, levels: int = 4):
@@ -222,7 +207,7 @@ class RepAllConvBlock(_MixerBlock):
         self.conv2 = SpikeConv(ratio * c, c, 3, levels=levels)
 
 
-class MSConvBlock(_MixerBlock):
+class MSConvBlock(MixerBlock):
     """MS_ConvBlock (SNN-Block-2): H = BN(RepConv(LIF(X'), C->rC)); conv2 = BN(RepConv(LIF(H),
     rC->C)). Fused, it has RepAllConvBlock's inference graph."""
 
