@@ -22,6 +22,8 @@ from spikedet.errors import SpikedetError
 COMMAND_MODULES = (
     "spikedet.cli.data_cmd",
     "spikedet.cli.model_cmd",
+    "spikedet.cli.train_cmd",
+    "spikedet.cli.export_cmd",
     "spikedet.cli.deploy_cmd",
     "spikedet.cli.report_cmd",
     "spikedet.cli.demo_cmd",

@@ -283,10 +283,20 @@ def trace_model(model: nn.Module, imgsz: int | None = None) -> tuple[nir.NIRGrap
     """Export ``model`` (put in eval mode) at ``imgsz``; also return the builder (mappings)."""
     missing = [a for a in (*MODEL_ATTRIBUTES, "trace") if not hasattr(model, a)]
     if missing:
-        raise SpikedetError(f"model lacks export attributes {missing}", type(model).__name__)
+        raise SpikedetError(
+            f"{type(model).__name__} models have no NIR export yet: the model lacks export "
+            f"attributes {missing}",
+            str(getattr(model, "name", type(model).__name__)),
+        )
     model_name = str(model.name)
     size = model.imgsz if imgsz is None else imgsz
     height, width = (int(size), int(size)) if np.isscalar(size) else (int(v) for v in size)
+    stride = max(int(v) for v in model.strides)
+    if height % stride or width % stride:
+        raise SpikedetError(
+            f"input size {height}x{width} is not a multiple of the largest stride {stride}",
+            model_name,
+        )
     in_channels = getattr(model, "in_channels", None)
     if in_channels is None:  # the first conv reads the image; the builder re-checks this
         in_channels = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
 from spikedet.train.models.registry import build_from_config
-from spikedet.train.models.spikeyolo import SpikeYOLO
+from spikedet.train.models.spikeyolo import SpikeYOLO, SpikeYOLOv8
 
 CHECKPOINT_FORMAT = "spikedet-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -58,6 +60,27 @@ def _check_plain(value: Any, where: str) -> None:
     raise SpikedetError(f"checkpoint value of type {type(value).__name__} is not plain data", where)
 
 
+def capture_rng_state() -> dict[str, Any]:
+    """Global RNG states as plain data: the torch CPU (and CUDA) generators and Python's
+    ``random``. numpy's legacy global generator is not stored: the project never draws from it
+    (all numpy randomness comes from ``default_rng`` seeded per item)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng_state`` (parts that are absent are left as they are)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; any failure -> SpikedetError naming the file."""
     path = Path(path)
@@ -93,7 +116,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def load_model(path: str | os.PathLike) -> SpikeYOLO:
+def load_model(path: str | os.PathLike) -> SpikeYOLO | SpikeYOLOv8 | nn.Module:
     """Rebuild the model from the stored config and load its EMA weights (or raw ones), in eval."""
     state = load_checkpoint(path)
     try:

@@ -1,95 +1,68 @@
-"""Training loop for the SpikeYOLO detectors: seeded, deterministic on CPU, atomic outputs.
+"""Training loop for the spiking detectors: seeded, deterministic on CPU, resumable, atomic outputs.
 
-One epoch: ``make_loader`` gives a (seed, epoch)-determined order and augmentation; per batch
-the learning rate follows a linear warm-up then a cosine from ``lr`` to ``lr*lrf``; gradients
-are clipped to ``grad_clip`` (L2 norm); a YOLO-style weight EMA with ramped decay
-``ema_decay*(1 - exp(-updates/ema_tau))`` follows the model and is what is validated and saved
-as best. Outputs in ``cfg.out``: ``last.pt`` (every epoch), ``best.pt`` (best val mAP@50:95) and
-``results.csv`` (epoch, box, cls, dfl, lr, map50, map), all written atomically.
+One epoch: the loader gives a (seed, epoch)-determined order and augmentation (sharded over
+ranks under DDP, see ``ddp``); per batch the learning rate follows a linear warm-up then a
+cosine from ``lr`` to ``lr*lrf``; gradients are clipped to ``grad_clip`` (L2 norm); a YOLO-style
+weight EMA with ramped decay ``ema_decay*(1 - exp(-updates/ema_tau))`` follows the model and is
+what is validated and saved as best. On CUDA with ``amp`` the forward runs under
+``torch.autocast(float16)``; the loss is computed in float32 and a ``GradScaler`` scales it.
+
+Outputs in ``cfg.out`` (rank 0 only): ``config.yaml`` (resolved config), ``last.pt`` (every
+epoch), ``best.pt`` (best val mAP@50:95), ``results.csv`` (epoch, loss parts, lr, map50, map),
+TensorBoard events in ``tb/`` when ``tensorboard`` is importable, and under DDP
+``ddp_check.json`` (per-rank weight hashes), all files written atomically.
+
+Resume (``resume=True``): ``last.pt`` holds model, EMA, optimizer, GradScaler, epoch, global step,
+best metric, history and RNG states; the data of an epoch depend on (seed, epoch) only, so the
+continued run ends with the same weights, bit for bit, as an uninterrupted one (on CPU).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from spikedet.errors import SpikedetError
-from spikedet.fileio import write_text
-from spikedet.train.checkpoint import save_checkpoint
-from spikedet.train.loss import DetectionLoss
+from spikedet.fileio import write_json, write_text
+from spikedet.train import ddp
+from spikedet.train.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from spikedet.train.config import (
+    DEMO_FAST,
+    DEMO_FULL,
+    TrainConfig,
+    check_config,
+    config_from_mapping,
+    demo_config,
+    save_config,
+)
+from spikedet.train.family import make_loss
 from spikedet.train.models.registry import build_model
-from spikedet.train.models.spikeyolo import SpikeYOLO
+from spikedet.train.validation import evaluate_model, make_dataset, model_input
 
-CSV_COLUMNS = ("epoch", "box", "cls", "dfl", "lr", "map50", "map")
+__all__ = ["DEMO_FAST", "DEMO_FULL", "TrainConfig", "demo_config", "evaluate_model", "train"]
+
+CSV_COLUMNS = ("epoch", "box", "cls", "dfl", "lr", "map50", "map")  # SpikeYOLO's loss parts
 SGD_MOMENTUM = 0.937
 ADAM_BETAS = (0.9, 0.999)
-
-
-@dataclass
-class TrainConfig:
-    model: str = "spikeyolo-pico"
-    data: str = ""  # COCO root: train/, val/, annotations/instances_{train,val}.json
-    imgsz: int = 64
-    epochs: int = 30
-    batch: int = 32
-    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.937, Nesterov)
-    lr: float = 4e-3
-    weight_decay: float = 0.05  # decoupled (AdamW); conv weights only, not BN/biases
-    warmup_epochs: float = 1.0
-    lrf: float = 0.05  # the cosine ends at lr*lrf
-    ema_decay: float = 0.995
-    ema_tau: float = 100.0  # EMA ramp (in updates); YOLO uses 2000 for ~100k-update runs
-    grad_clip: float = 10.0
-    seed: int = 0
-    out: str = "runs/train"
-    max_train_images: int | None = None
-    val_every: int = 1
-    conf_thres: float = 0.001
-    iou_thres: float = 0.7
-    T: int | None = None  # None: the model config's T
-    augment: bool = True
-    threads: int = 1  # torch intra-op threads, capped at 2 (1 measured 6-8x faster here: tiny ops)
-
-
-def demo_config(fast: bool, data: str, out: str) -> TrainConfig:
-    """Training settings of ``spikedet demo`` (FAST or FULL) on synthetic COCO at 64 px."""
-    return DEMO_FAST(data, out) if fast else DEMO_FULL(data, out)
-
-
-# Measured on the shared 2-core CPU, 1 torch thread, synthetic COCO seed 0 (other engineers'
-# jobs were running too, so times vary by up to ~2x):
-# - FAST, 400 train / 60 val: val mAP@50 0.401, mAP@50:95 0.238-0.246, 26 s of training.
-# - FULL, 1500 train / 150 val: val mAP@50 0.820, mAP@50:95 0.585, 154 s of training.
-#   (3000 train images x 25 epochs: 0.868 / 0.621 in 210 s; 1500 x 50 epochs: 0.847 / 0.595.)
-# Short runs want a short EMA memory (ema_decay 0.99-0.995) and AdamW; SGD (lr 0.1-0.3) was
-# 0.08 mAP@50 behind AdamW on the FAST schedule.
-
-
-def DEMO_FAST(data: str, out: str) -> TrainConfig:
-    """~500 AdamW steps on 400 images: shows clear learning in well under a minute."""
-    return TrainConfig(
-        data=data, out=out, epochs=20, batch=16, lr=6e-3, weight_decay=0.05,
-        warmup_epochs=1.0, lrf=0.05, ema_decay=0.99, ema_tau=50.0, max_train_images=400,
-        val_every=5,
-    )  # fmt: skip
-
-
-def DEMO_FULL(data: str, out: str) -> TrainConfig:
-    """~1900 AdamW steps on 1500 images: val mAP@50 > 0.8 in about 2.5-5 minutes."""
-    return TrainConfig(
-        data=data, out=out, epochs=40, batch=32, lr=4e-3, weight_decay=0.05,
-        warmup_epochs=1.0, lrf=0.05, ema_decay=0.995, ema_tau=100.0, max_train_images=1500,
-        val_every=5,
-    )  # fmt: skip
+# Fields that may differ between a run and its resumption (they do not change the weights).
+RESUME_FREE_FIELDS = ("device", "workers", "out")
+# Test hook: SIGKILL this process right after the given global step (simulates a crash).
+KILL_AT_STEP_ENV = "SPIKEDET_TEST_KILL_AT_STEP"
 
 
 class ModelEMA:
@@ -118,7 +91,7 @@ class ModelEMA:
 
 
 class _FirstImages:
-    """The first ``n`` items of a dataset (keeps ``set_epoch`` and the class names)."""
+    """The first ``n`` items of a dataset (keeps ``set_epoch``, ``names`` and ``meta``)."""
 
     def __init__(self, dataset: Any, n: int):
         self.dataset, self.n = dataset, min(int(n), len(dataset))
@@ -158,100 +131,96 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS)
 
 
-def _check_config(cfg: TrainConfig) -> None:
-    problems = [
-        (
-            cfg.optimizer in ("adamw", "sgd"),
-            f"optimizer must be adamw or sgd, got {cfg.optimizer!r}",
-        ),
-        (
-            cfg.epochs >= 1 and cfg.batch >= 1 and cfg.val_every >= 1,
-            "epochs, batch, val_every >= 1",
-        ),
-        (cfg.lr > 0 and 0 < cfg.lrf <= 1 and cfg.warmup_epochs >= 0, "lr > 0, 0 < lrf <= 1"),
-        (0 <= cfg.ema_decay < 1 and cfg.ema_tau > 0, "0 <= ema_decay < 1 and ema_tau > 0"),
-        (cfg.grad_clip > 0 and cfg.weight_decay >= 0, "grad_clip > 0 and weight_decay >= 0"),
-        (cfg.max_train_images is None or cfg.max_train_images >= 1, "max_train_images >= 1"),
-        (bool(cfg.data), "no data root given"),
-    ]
-    for ok, msg in problems:
-        if not ok:
-            raise SpikedetError(msg, "train config")
-
-
-def _rng_state() -> dict[str, Any]:
-    """RNG state for resuming: the global torch generator (model init; nothing else in the loop
-    draws from global RNGs: the loader order and augmentation are functions of (seed, epoch))."""
-    return {"torch": torch.get_rng_state()}
-
-
-def evaluate_model(
-    model: SpikeYOLO,
-    dataset: Any,
-    batch: int = 32,
-    conf_thres: float = 0.001,
-    iou_thres: float = 0.7,
-) -> tuple[dict[str, float], list[np.ndarray]]:
-    """COCO metrics of ``model`` on ``dataset`` and its detections [K, 6] per image (in order)."""
-    from spikedet.detection import postprocess
-    from spikedet.train.data.loader import make_loader
-    from spikedet.train.evaluate import evaluate
-
-    was_training = model.training
-    model.eval()
-    dets: list[np.ndarray] = []
-    try:
-        with torch.no_grad():
-            for images, _, _ in make_loader(dataset, batch, shuffle=False, seed=0):
-                outputs = model(images)
-                dets += postprocess(
-                    [b.numpy() for b, _ in outputs],
-                    [c.numpy() for _, c in outputs],
-                    model.strides,
-                    model.reg_max,
-                    conf_thres=conf_thres,
-                    iou_thres=iou_thres,
-                )
-    finally:
-        model.train(was_training)
-    return evaluate(dataset, dets), dets
-
-
 def _write_results(path: Path, history: list[dict[str, Any]]) -> None:
+    """CSV: epoch, the loss parts (box/cls/dfl or box/obj/cls), lr, map50, map."""
+    fixed = ("epoch", "lr", "map50", "map")
+    parts = [k for k in history[0] if k not in fixed] if history else []
+    columns = ["epoch", *parts, "lr", "map50", "map"]
+
     def cell(v: Any) -> str:
         return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
 
-    lines = [",".join(CSV_COLUMNS)] + [
-        ",".join(cell(row.get(c)) for c in CSV_COLUMNS) for row in history
-    ]
+    lines = [",".join(columns)] + [",".join(cell(row.get(c)) for c in columns) for row in history]
     write_text(path, "\n".join(lines) + "\n")
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train ``cfg.model`` on ``cfg.data``; returns best metrics, per-epoch history and paths."""
-    _check_config(cfg)
+def _tensorboard(out: Path, purge_step: int | None) -> Any:
+    """A SummaryWriter on ``out/tb`` if the tensorboard package is importable, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(out / "tb"), purge_step=purge_step)
+
+
+def _to_float(outputs: Any) -> Any:
+    """Head outputs (tensors in lists/tuples) in float32: the loss never runs in float16."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float()
+    return type(outputs)(_to_float(o) for o in outputs)
+
+
+def _device(cfg: TrainConfig, ctx: ddp.DistContext) -> torch.device:
+    if cfg.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SpikedetError("device cuda requested but CUDA is not available", "train")
+        return torch.device("cuda", ctx.local_rank)
+    return torch.device("cpu")
+
+
+def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
+    """Train ``cfg.model`` on ``cfg.data``; returns best metrics, per-epoch history and paths.
+
+    ``resume=True`` continues from ``cfg.out/last.pt`` (its stored config must equal ``cfg``
+    apart from device and workers). Under ``torchrun`` every process calls this; see ``ddp``.
+    """
+    check_config(cfg)
+    if cfg.device == "cuda":
+        # cuBLAS needs this before its first use to run deterministically.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     prev_deterministic = torch.are_deterministic_algorithms_enabled()
     prev_threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True)
+    # CUDA lacks deterministic kernels for some ops (e.g. scatter-add): warn there, never fail.
+    torch.use_deterministic_algorithms(True, warn_only=cfg.device == "cuda")
     torch.set_num_threads(max(1, min(int(cfg.threads), 2, prev_threads)))
+    ctx = ddp.init_distributed(cfg.device)
     try:
-        return _train(cfg, progress)
+        return _train(cfg, progress, resume, ctx)
     finally:
+        ddp.shutdown(ctx)
         torch.use_deterministic_algorithms(prev_deterministic)
         torch.set_num_threads(prev_threads)
 
 
-def _train(cfg: TrainConfig, progress: bool) -> dict:
+def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
+    """Model config fields the data decide: image size and T (Gen1: the data's time steps)."""
+    return {"imgsz": cfg.imgsz, "T": cfg.time_steps if cfg.dataset == "gen1" else cfg.T}
+
+
+def _check_resumable(state: dict, cfg: TrainConfig, where: str) -> None:
+    stored = state.get("train_config")
+    if not isinstance(stored, dict):
+        raise SpikedetError("checkpoint holds no train_config to resume from", where)
+    stored = config_from_mapping({**asdict(TrainConfig()), **stored}, where)
+    current = asdict(cfg)
+    differ = [k for k in current if k not in RESUME_FREE_FIELDS and current[k] != stored[k]]
+    if differ:
+        detail = ", ".join(f"{k}: {stored[k]!r} -> {current[k]!r}" for k in differ[:4])
+        raise SpikedetError(f"cannot resume with a different config ({detail})", where)
+
+
+def _train(cfg: TrainConfig, progress: bool, resume: bool, ctx: ddp.DistContext) -> dict:
     from tqdm import tqdm
 
-    from spikedet.train.data.coco import CocoDetectionSet
     from spikedet.train.data.loader import make_loader
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    device = _device(cfg, ctx)
     torch.manual_seed(cfg.seed)
-    train_set: Any = CocoDetectionSet.from_root(cfg.data, "train", cfg.imgsz, cfg.augment, cfg.seed)
-    val_set = CocoDetectionSet.from_root(cfg.data, "val", cfg.imgsz, augment=False, seed=cfg.seed)
+    args = (cfg.dataset, cfg.data)
+    train_set = make_dataset(*args, "train", cfg.imgsz, cfg.augment, cfg.seed, cfg.time_steps)
+    val_set = make_dataset(*args, "val", cfg.imgsz, False, cfg.seed, cfg.time_steps)
     if cfg.max_train_images is not None:
         train_set = _FirstImages(train_set, cfg.max_train_images)
     if len(train_set) == 0 or len(val_set) == 0:
@@ -259,77 +228,137 @@ def _train(cfg: TrainConfig, progress: bool) -> dict:
     if val_set.names != train_set.names:
         raise SpikedetError("train and val categories differ", cfg.data)
 
-    model = build_model(cfg.model, names=list(train_set.names), imgsz=cfg.imgsz, T=cfg.T)
-    model.train()
-    criterion = DetectionLoss(model)
+    model = build_model(cfg.model, names=list(train_set.names), **_model_overrides(cfg))
+    model.to(device).train()
+    criterion = make_loss(model)
     optimizer = make_optimizer(model, cfg)
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau)
-    n_batches = math.ceil(len(train_set) / cfg.batch)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    per_rank = math.ceil(len(train_set) / ctx.world_size)
+    n_batches = math.ceil(per_rank / (cfg.batch // ctx.world_size or 1))
     total_steps = cfg.epochs * n_batches
     warmup_steps = min(round(cfg.warmup_epochs * n_batches), total_steps - 1)
 
     history: list[dict[str, Any]] = []
     best_fitness, best_metrics = -1.0, {"map50": 0.0, "map": 0.0}
-    step = 0
-    epochs_bar = tqdm(range(cfg.epochs), desc="epochs", file=sys.stderr, disable=not progress)
+    start_epoch, step = 0, 0
+    if resume:
+        state = load_checkpoint(out / "last.pt")
+        _check_resumable(state, cfg, str(out / "last.pt"))
+        model.load_state_dict(state["model"])
+        ema.module.load_state_dict(state["ema"])
+        ema.updates = int(state["ema_updates"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state.get("scaler") or {})
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_fitness = float(state["best_fitness"])
+        best_metrics = dict(state.get("best_metrics") or best_metrics)
+        history = [dict(row) for row in state["history"]]
+        restore_rng_state(state["rng"])
+    net = ddp.wrap_model(model, ctx, device, cfg.sync_bn)
+    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
+    writer = None
+    if ctx.is_main:
+        save_config(out / "config.yaml", cfg)
+        writer = _tensorboard(out, purge_step=step if resume else None)
+
+    show = progress and ctx.is_main
+    epochs_bar = tqdm(
+        range(start_epoch, cfg.epochs), desc="epochs", file=sys.stderr, disable=not show,
+        initial=start_epoch, total=cfg.epochs,
+    )  # fmt: skip
     for epoch in epochs_bar:
-        sums = {"box": 0.0, "cls": 0.0, "dfl": 0.0}
+        sums: dict[str, float] = {}
         lr = cfg.lr
-        loader = make_loader(train_set, cfg.batch, shuffle=True, seed=cfg.seed, epoch=epoch)
+        if ctx.enabled:
+            loader = ddp.sharded_loader(train_set, cfg.batch, ctx, cfg.seed, epoch, cfg.workers)
+        else:
+            loader = make_loader(
+                train_set, cfg.batch, shuffle=True, seed=cfg.seed, epoch=epoch,
+                num_workers=cfg.workers,
+            )  # fmt: skip
         batches = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            total=n_batches,
-            file=sys.stderr,
-            leave=False,
-            disable=not progress,
-        )
+            loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=n_batches, file=sys.stderr,
+            leave=False, disable=not show,
+        )  # fmt: skip
         for images, targets, _ in batches:
             lr = lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.lrf)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, parts = criterion(model(images), targets)
+            x = model_input(images, cfg.dataset, device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = net(x)
+            loss, parts = criterion(_to_float(outputs), targets.to(device))
             if not torch.isfinite(loss):
                 raise SpikedetError(f"loss became {loss.item()} at epoch {epoch + 1}", "train")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             ema.update(model)
             step += 1
-            for k in sums:
-                sums[k] += parts[k]
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if writer is not None:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", lr, step)
             batches.set_postfix(loss=f"{loss.item():.3f}")
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "map50": None, "map": None}
-        row.update({k: v / n_batches for k, v in sums.items()})
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        ddp.broadcast_buffers([model, ema.module], ctx)
+        means = ddp.all_reduce_mean({k: v / n_batches for k, v in sums.items()}, ctx, device)
+        row: dict[str, Any] = {"epoch": epoch + 1, **means, "lr": lr, "map50": None, "map": None}
         is_best = False
-        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+        if validate and ctx.is_main:
             metrics, _ = evaluate_model(
-                ema.module, val_set, cfg.batch, cfg.conf_thres, cfg.iou_thres
-            )
+                ema.module, val_set, max(1, cfg.batch // ctx.world_size), cfg.conf_thres,
+                cfg.iou_thres, device, cfg.dataset,
+            )  # fmt: skip
             row["map50"], row["map"] = float(metrics["map50"]), float(metrics["map"])
             if row["map"] > best_fitness:
                 best_fitness, best_metrics, is_best = row["map"], dict(row), True
         history.append(row)
-        state = {
-            "config": model.config,
-            "model": model.state_dict(),
-            "ema": ema.module.state_dict(),
-            "ema_updates": ema.updates,
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch + 1,
-            "step": step,
-            "best_fitness": best_fitness,
-            "metrics": {k: v for k, v in row.items() if v is not None},
-            "history": history,
-            "train_config": asdict(cfg),
-            "rng": _rng_state(),
-        }
-        save_checkpoint(out / "last.pt", state)
-        if is_best:
-            save_checkpoint(out / "best.pt", state)
-        _write_results(out / "results.csv", history)
+        if ctx.is_main:
+            state = {
+                "config": model.config,
+                "model": model.state_dict(),
+                "ema": ema.module.state_dict(),
+                "ema_updates": ema.updates,
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "best_fitness": best_fitness,
+                "best_metrics": best_metrics,
+                "metrics": {k: v for k, v in row.items() if v is not None},
+                "history": history,
+                "train_config": asdict(cfg),
+                "rng": capture_rng_state(),
+            }
+            save_checkpoint(out / "last.pt", state)
+            if is_best:
+                save_checkpoint(out / "best.pt", state)
+            _write_results(out / "results.csv", history)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and value is not None:
+                        writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+                writer.flush()
+        ddp.barrier(ctx)
         epochs_bar.set_postfix(map50=row["map50"], map=row["map"])
+    if writer is not None:
+        writer.close()
+    weights_hash = ddp.state_hash(model) + ddp.state_hash(ema.module)
+    hashes = ddp.gather_strings(weights_hash, ctx)
+    if ctx.enabled and ctx.is_main:
+        write_json(out / "ddp_check.json", {"world_size": ctx.world_size, "hashes": hashes,
+                                            "identical": len(set(hashes)) == 1})  # fmt: skip
+    if len(set(hashes)) != 1:
+        raise SpikedetError("ranks ended with different weights", "ddp")
     return {
         "best_map50": float(best_metrics["map50"]),
         "best_map": float(best_metrics["map"]),
@@ -337,4 +366,6 @@ def _train(cfg: TrainConfig, progress: bool) -> dict:
         "last": str(out / "last.pt"),
         "best": str(out / "best.pt"),
         "seconds": time.perf_counter() - t0,
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
     }
