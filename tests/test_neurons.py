@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikedet.train.neurons import ILIF, LIF, ilif_step, lif_step, to_binary_slots
+from spikedet.train.neurons import ILIF, LIF, ilif_gen1, ilif_step, lif_step, to_binary_slots
 
 
 def _loop(step, x, **kw):
@@ -71,3 +71,16 @@ def test_thermometer_code() -> None:
     assert bits.shape == (4, 3)
     assert bits.sum(0).tolist() == [0.0, 1.0, 4.0]
     assert bits[:, 1].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_gen1_variant_is_spikingjelly_tau2_soft_reset() -> None:
+    # spikingjelly LIF, tau = 2, decay_input, v_reset None (soft), spike = Q_4(v), v -= spike
+    x = torch.tensor([[2.0, 9.0, 0.9], [2.0, 0.0, 0.9], [5.0, 0.0, 0.9]])
+    v = torch.zeros(3)
+    expected = []
+    for xt in x:
+        v = v + (xt - v) / 2
+        s = torch.round(torch.clamp(v, 0, 4))
+        v = v - s
+        expected.append(s)
+    assert torch.equal(ilif_gen1(4)(x), torch.stack(expected))

@@ -120,6 +120,13 @@ class ILIF(nn.Module):
         return f"D={self.levels}, beta={self.beta}, alpha={self.alpha}{mode}"
 
 
+def ilif_gen1(levels: int = 4) -> ILIF:
+    """SpikeYOLO's Gen1 neuron (bundled spikingjelly LIF, tau = 2, decay_input, soft reset):
+    v_t = v_{t-1} + (x_t - v_{t-1}) / 2 = 0.5 * v_{t-1} + 0.5 * x_t, s_t = Q_D(v_t), v_t -= s_t,
+    i.e. the I-LIF with beta = 0.5 and alpha = 0.5 (docs/semantics.md §1.1)."""
+    return ILIF(levels, beta=0.5, alpha=0.5)
+
+
 SPIKE_MODES = ("integer", "binary")
 
 
