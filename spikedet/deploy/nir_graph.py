@@ -25,6 +25,7 @@ DEFAULT_DT = 1e-4  # §2: every tau and r is expressed at this Euler step unless
 PARAM_TOL = 1e-6  # recovered beta/alpha vs metadata, threshold offsets, reset scale
 UNIFORM_RTOL = 1e-7  # per-neuron arrays must hold one value (float32 export noise allowed)
 POP_KINDS = ("ilif", "readout")
+FORMAT_VERSION = 1  # graph metadata spikedet.format (§2)
 
 
 def _require(ok: Any, what: str, where: str) -> None:
@@ -250,6 +251,9 @@ class _Parser:
         self.dt = float(meta.get("dt", DEFAULT_DT))
         need(math.isfinite(self.dt) and self.dt > 0, f"metadata dt={self.dt} is not > 0")
         need("spikedet.T" in meta, "graph metadata spikedet.T (logical steps) is missing")
+        version = meta.get("spikedet.format", FORMAT_VERSION)
+        ok = isinstance(version, int) and 1 <= version <= FORMAT_VERSION
+        need(ok, f"metadata spikedet.format={version!r}; this reader knows 1..{FORMAT_VERSION}")
         head = meta.get("spikedet.head", {})
         try:
             head = json.loads(head) if isinstance(head, str) and head.strip() else head or {}
@@ -398,9 +402,10 @@ class _Parser:
         if groups == 1 and int(meta.get("spikedet.groups", 1)) > 1:
             groups = int(meta["spikedet.groups"])
             weight = self.regroup(weight, groups, n)
-        bias = np.broadcast_to(
-            np.asarray(0.0 if node.bias is None else node.bias), weight.shape[:1]
-        )
+        bias = np.asarray(0.0 if node.bias is None else node.bias)
+        ok = bias.ndim == 0 or bias.shape == weight.shape[:1]
+        need(ok, f"bias shape {bias.shape} does not match {weight.shape[0]} output channels", n)
+        bias = np.broadcast_to(bias, weight.shape[:1])
         cin = weight.shape[1] * groups
         meta_cin = meta.get("spikedet.in_channels", cin)
         need(int(meta_cin) == cin, f"spikedet.in_channels={meta_cin}, weight gives {cin}", n)
@@ -456,3 +461,29 @@ class _Parser:
         what = f"conv is fed by {len(preds)} of the {len(qs)} Threshold nodes of {pops[0]}"
         self.need(sorted(preds) == sorted(qs), what + "; it must read all of them", n)
         return pops[0]
+
+
+def check_head(graph: FloatGraph, where: str) -> None:
+    """The §2.4 ``spikedet.head`` a deployment decodes: type ``dfl``, positive integer ``nc``,
+    ``reg_max`` and ``imgsz`` (= the input's H and W), and one positive stride per
+    ``[box, cls]`` pair of readout population names."""
+    head = graph.head
+    _require(isinstance(head, dict) and head, "graph metadata spikedet.head is missing", where)
+    _require(
+        head.get("type") == "dfl", f"spikedet.head type {head.get('type')!r}, not 'dfl'", where
+    )
+    for key in ("nc", "reg_max", "imgsz"):
+        ok = isinstance(head.get(key), int) and not isinstance(head[key], bool) and head[key] >= 1
+        _require(ok, f"spikedet.head {key}={head.get(key)!r} is not a positive integer", where)
+    size = graph.input_shape[1:]
+    ok = size == (head["imgsz"], head["imgsz"])
+    _require(ok, f"spikedet.head imgsz={head['imgsz']} but the input is {size}", where)
+    readouts = {p.name for p in graph.populations if p.kind == "readout"}
+    outputs, strides = head.get("outputs"), head.get("strides")
+    ok = isinstance(outputs, list) and isinstance(strides, list) and len(outputs) == len(strides)
+    _require(ok and outputs, "spikedet.head needs lists outputs and strides of one length", where)
+    for pair, stride in zip(outputs, strides):
+        ok = isinstance(pair, list) and len(pair) == 2 and all(p in readouts for p in pair)
+        _require(ok, f"spikedet.head output {pair!r} is not a [box, cls] pair of readouts", where)
+        ok = isinstance(stride, int) and not isinstance(stride, bool) and stride >= 1
+        _require(ok, f"spikedet.head stride {stride!r} is not a positive integer", where)

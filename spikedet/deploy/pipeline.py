@@ -111,7 +111,7 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     """Run the whole deploy stage and write ``opts.out/report.{json,md}`` plus plots."""
     from spikedet.deploy.energy import count_activity, energy_report
     from spikedet.deploy.mapping import map_graph
-    from spikedet.deploy.nir_graph import read_nir
+    from spikedet.deploy.nir_graph import check_head, read_nir
     from spikedet.deploy.profiles import load_profile, resolve_target
     from spikedet.deploy.quantize import quantize
     from spikedet.deploy.report import summary_table, write_report
@@ -134,6 +134,7 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
 
     t0 = time.perf_counter()
     fg = read_nir(nir_path)
+    check_head(fg, str(nir_path))
     qg = quantize(
         fg,
         weight_bits=int(profile.weight_bits),

@@ -27,6 +27,7 @@ validated and shown in reports but not used. Built-in profiles ship as the packa
 from __future__ import annotations
 
 import importlib.resources
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,8 @@ def _check_figure(key: str, raw: Any, spec: tuple[str, type, float] | None, wher
             raise SpikedetError(f"{key}.value: expected true or false, got {value!r}", where)
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpikedetError(f"{key}.value: expected a number, got {value!r}", where)
+    elif not math.isfinite(value):  # YAML .nan / .inf pass every comparison below
+        raise SpikedetError(f"{key}.value: must be finite, got {value!r}", where)
     elif typ is int and not float(value).is_integer():
         raise SpikedetError(f"{key}.value: expected an integer, got {value!r}", where)
     elif value < minimum or (minimum > 0 and value <= 0):

@@ -340,8 +340,11 @@ def load_report(path: str | Path) -> dict:
         raise SpikedetError("report not found", str(path))
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("layers", "totals", "profile"):
-            report[key]  # noqa: B018 - presence check
+        for key, kind in (("layers", list), ("totals", dict), ("profile", dict)):
+            if not isinstance(report[key], kind):
+                raise TypeError(f"'{key}' is a {type(report[key]).__name__}, not a {kind.__name__}")
+        if not all(isinstance(layer, dict) for layer in report["layers"]):
+            raise TypeError("'layers' holds an entry that is not an object")
     except (OSError, ValueError, KeyError, TypeError) as err:
         what = f"not a spikedet report ({err.__class__.__name__}: {err})"
         raise SpikedetError(what, str(path)) from None

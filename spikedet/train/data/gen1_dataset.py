@@ -7,7 +7,8 @@ sampling (``ratio = min(S/240, S/304)``, centred, ``x' = x·ratio + padx``); nea
 127/255), count representations are raw counts (pad 0).
 
 Boxes at t: the last row per track_id (as EMS-YOLO / SpikeYOLO), clipped to the 304 x 240 frame
-(pixel edges [0, 304] x [0, 240]) and dropped when the clipped area is zero (as RVT), then mapped
+(pixel edges [0, 304] x [0, 240]) and dropped when the clipped area is zero (as RVT; a
+RuntimeWarning per file counts the rows reaching outside the frame), then mapped
 into the letterbox. With ``augment=True`` a horizontal flip (p = 0.5) is drawn from
 ``default_rng([seed, epoch, index])``.
 
@@ -19,6 +20,7 @@ int64 t column, 8 bytes per event); the ``cache_files`` most recently used recor
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -49,6 +51,25 @@ def clip_boxes(rows: np.ndarray, height: int, width: int) -> tuple[np.ndarray, n
     xyxy[:, 1::2] = xyxy[:, 1::2].clip(0.0, float(height))
     keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     return xyxy[keep], rows["class_id"][keep].astype(np.int64)
+
+
+def warn_outside_frame(rows: np.ndarray, height: int, width: int, where: str) -> int:
+    """Count box rows reaching outside the frame and warn once per file (RuntimeWarning).
+
+    Policy: such boxes are not refused; ``clip_boxes`` clips them to the frame and drops the
+    ones left empty (as RVT), so the user is told how many rows that concerns.
+    """
+    x1, y1 = rows["x"], rows["y"]
+    outside = (x1 < 0) | (y1 < 0) | (x1 + rows["w"] > width) | (y1 + rows["h"] > height)
+    count = int(np.count_nonzero(outside))
+    if count:
+        warnings.warn(
+            f"{count} of {len(rows)} boxes reach outside the {width}x{height} frame; clipped, "
+            f"empty ones dropped ({where})",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return count
 
 
 class Gen1DetectionSet:
@@ -84,6 +105,8 @@ class Gen1DetectionSet:
         self.augment, self.seed, self.epoch = bool(augment), int(seed), 0
         self.recordings = find_recordings(self.root, split)
         self.labels = {rec.stem: read_bbox(rec.bbox) for rec in self.recordings}
+        for rec in self.recordings:
+            warn_outside_frame(self.labels[rec.stem], *SENSOR_HW, str(rec.bbox))
         self.index: list[tuple[int, int]] = []
         for k, rec in enumerate(self.recordings):
             for t in np.unique(self.labels[rec.stem]["t"]).tolist():

@@ -183,6 +183,10 @@ def write_synthetic_coco(
         raise SpikedetError(f"image size must be >= 32, got {imgsz}", "synth-coco")
     if seed < 0:
         raise SpikedetError(f"seed must be >= 0, got {seed}", "synth-coco")
+    # The first existing path on the way up must be a folder, or mkdir fails half-way through.
+    existing = next((p for p in (Path(out), *Path(out).parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SpikedetError(f"cannot create the output folder: {existing} is a file", str(out))
 
     summary: dict[str, Any] = {
         "root": str(out),

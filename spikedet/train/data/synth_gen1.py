@@ -204,6 +204,10 @@ def write_synthetic_gen1(
             f"bbox_dtype must be 'original' or 'toolbox', got '{bbox_dtype}'", str(out)
         )
     root = Path(out)
+    # The first existing path on the way up must be a folder, or mkdir fails half-way through.
+    existing = next((p for p in (Path(root), *Path(root).parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SpikedetError(f"cannot create the output folder: {existing} is a file", str(root))
     height, width = SENSOR_HW
     summary: dict = {"root": str(root), "seed": seed, "seconds": seconds, "splits": {}}
     for split_index, split in enumerate(SPLITS):
