@@ -30,7 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "images (compared spike for spike with fixed); both: same as lava",
     )
     p.add_argument("--data", type=Path, help="dataset root (COCO layout: SPLIT/, annotations/)")
-    p.add_argument("--dataset", default="coco", choices=("coco",), help="dataset format")
+    p.add_argument(
+        "--dataset",
+        default="coco",
+        choices=("coco", "gen1"),
+        help="coco: images + instances JSON; gen1: Prophesee .dat + _bbox.npy (T from the model)",
+    )
     p.add_argument("--split", default="val", help="dataset split to evaluate (default: val)")
     p.add_argument("--samples", type=int, default=2, help="images run through Lava (default 2)")
     p.add_argument("--batch", type=int, default=32, help="images per fixed-engine batch")

@@ -44,22 +44,38 @@ class DeployOptions:
     iou_thres: float = 0.7
 
 
-def _load_images(opts: DeployOptions, imgsz: int, input_scale: float):
-    """The evaluation images as float (what the torch model saw) and integers (what the chip gets)."""
+def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int):
+    """The evaluation inputs as float (what the torch model saw) and integers (what the chip
+    gets): [N, C, H, W] frames for COCO, [T, N, C, H, W] event bins for Gen1."""
     if opts.data is None:
         raise SpikedetError("deploy needs --data DIR to simulate and validate", "deploy")
-    if opts.dataset != "coco":
-        raise SpikedetError(
-            f"dataset {opts.dataset!r} is not supported yet (use coco)", "--dataset"
-        )
-    from spikedet.train.data.coco import CocoDetectionSet
+    if opts.dataset not in ("coco", "gen1"):
+        raise SpikedetError(f"dataset must be coco or gen1, got {opts.dataset!r}", "--dataset")
+    if opts.dataset == "coco":
+        from spikedet.train.data.coco import CocoDetectionSet
 
-    ds = CocoDetectionSet.from_root(opts.data, opts.split, imgsz=imgsz, augment=False)
+        ds = CocoDetectionSet.from_root(opts.data, opts.split, imgsz=imgsz, augment=False)
+    else:
+        from spikedet.train.data.gen1_dataset import Gen1DetectionSet
+
+        # The graph's T is the number of event bins the model was trained with.
+        ds = Gen1DetectionSet(opts.data, opts.split, T=T, imgsz=imgsz, augment=False)
     if len(ds) == 0:
-        raise SpikedetError(f"no images in split {opts.split!r}", str(opts.data))
+        raise SpikedetError(f"no samples in split {opts.split!r}", str(opts.data))
     x = np.stack([ds[i].image for i in range(len(ds))]).astype(np.float32)
+    if x.ndim == 5:  # [N, T, C, H, W] -> time first, as the engines take it
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3, 4))
     x_int = np.rint(x * input_scale).astype(np.int64)
     return ds, x, x_int
+
+
+def _batch_axis(x: np.ndarray) -> int:
+    return 1 if x.ndim == 5 else 0
+
+
+def _take(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Samples ``start:stop`` of an input array, whichever axis holds the batch."""
+    return x[:, start:stop] if _batch_axis(x) else x[start:stop]
 
 
 def _head_maps(head: dict, readouts: dict[str, np.ndarray]):
@@ -72,12 +88,18 @@ def _head_maps(head: dict, readouts: dict[str, np.ndarray]):
 
 def _score(ds, head: dict, readouts: dict[str, np.ndarray], opts: DeployOptions) -> dict:
     from spikedet.detection import postprocess
-    from spikedet.train.evaluate import evaluate
 
     box_maps, cls_maps = _head_maps(head, readouts)
     dets = postprocess(
         box_maps, cls_maps, head["strides"], head["reg_max"], opts.conf_thres, opts.iou_thres
     )
+    if opts.dataset == "gen1":
+        from spikedet.train.gen1_eval import collect_detections, evaluate_gen1
+
+        metas = [ds.meta(i) for i in range(len(ds))]
+        return evaluate_gen1(ds.labels, collect_detections(metas, dets))
+    from spikedet.train.evaluate import evaluate
+
     return evaluate(ds, dets)
 
 
@@ -96,7 +118,8 @@ def _run_batched(engine, qg, x_int: np.ndarray, batch: int):
     """Run an engine over the images in batches and concatenate along the batch axis."""
     from spikedet.sim.engine import EngineResult
 
-    parts = [engine.run(qg, x_int[i : i + batch]) for i in range(0, len(x_int), batch)]
+    n = x_int.shape[_batch_axis(x_int)]
+    parts = [engine.run(qg, _take(x_int, i, i + batch)) for i in range(0, n, batch)]
     return EngineResult(
         spikes={k: np.concatenate([p.spikes[k] for p in parts], axis=1) for k in parts[0].spikes},
         readouts={
@@ -148,16 +171,17 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     mapping = map_graph(qg, profile)
     log(f"[deploy] mapped onto {profile.name}: {mapping.cores} cores on {mapping.chips} chip(s)")
 
-    ds, x_float, x_int = _load_images(opts, int(fg.head["imgsz"]), fg.input_scale)
+    ds, x_float, x_int = _load_images(opts, int(fg.head["imgsz"]), fg.input_scale, qg.T)
+    n_samples = x_int.shape[_batch_axis(x_int)]
     fixed = get_engine("fixed")
     fixed_res = _run_batched(fixed, qg, x_int, opts.batch)
     fixed_map = _score(ds, fg.head, readout_floats(qg, fixed_res), opts)
     log(
-        f"[deploy] fixed engine: {len(x_int)} images in {fixed_res.wall_s:.2f} s, "
+        f"[deploy] fixed engine: {n_samples} images in {fixed_res.wall_s:.2f} s, "
         f"mAP@50 {fixed_map['map50']:.3f}, mAP@50:95 {fixed_map['map']:.3f}"
     )
     validation: dict = {
-        "images": int(len(x_int)),
+        "images": int(n_samples),
         "dataset": {"path": str(opts.data), "split": opts.split, "kind": opts.dataset},
         "map": {"deployed_fixed": fixed_map},
         "timing_s": {"fixed_total": round(fixed_res.wall_s, 4)},
@@ -183,13 +207,13 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
         )
 
     if lava is not None:
-        n = max(1, min(opts.samples, len(x_int)))
+        n = max(1, min(opts.samples, n_samples))
         log(f"[deploy] lava engine (Loihi2SimCfg, fixed_pt): {n} sample(s), {qg.hw_steps} steps")
-        lava_res = lava.run(qg, x_int[:n])
+        lava_res = lava.run(qg, _take(x_int, 0, n))
         cmp = compare(_slice(fixed_res, n), lava_res)
         validation["lava_vs_fixed"] = {"samples": n, **cmp}
         validation["timing_s"]["lava_total"] = round(lava_res.wall_s, 4)
-        validation["timing_s"]["fixed_per_sample"] = round(fixed_res.wall_s / len(x_int), 6)
+        validation["timing_s"]["fixed_per_sample"] = round(fixed_res.wall_s / n_samples, 6)
         validation["timing_s"]["lava_per_sample"] = round(lava_res.wall_s / n, 4)
         log(
             f"[deploy] lava vs fixed: {cmp['total_mismatches']} spike mismatches over "
