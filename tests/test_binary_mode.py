@@ -16,20 +16,7 @@ from spikedet.train.models.blocks import ConvBN, SpikeConv
 from spikedet.train.models.registry import build_from_config, build_model
 from spikedet.train.models.yolo_blocks import RepSpikeConv
 from spikedet.train.neurons import ILIF, set_spike_mode, to_binary_slots
-
-
-def randomize_bn(model: nn.Module, seed: int = 1) -> None:
-    """Non-trivial BN statistics and affines so spikes span 0..D."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            for tensor, lo, hi in (
-                (bn.running_mean, -0.2, 0.2),
-                (bn.running_var, 0.5, 1.5),
-                (bn.weight, 1.0, 2.0),
-                (bn.bias, 0.0, 0.8),
-            ):
-                tensor.copy_(torch.empty(tensor.shape).uniform_(lo, hi, generator=gen))
+from tests.model_helpers import randomize_bn
 
 
 def run_with_spikes(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:

@@ -18,28 +18,9 @@ from spikedet.convert.nir_torch import NIRExecutor, load_nir
 from spikedet.convert.onnx_export import run_onnx
 from spikedet.train.checkpoint import load_model, save_checkpoint
 from spikedet.train.models.registry import build_model
+from tests.model_helpers import randomize
 
 EXPORT_MODULE = "spikedet.cli.export_cmd"
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics/affines and conv weights so that neurons fire (a fresh model is
-    nearly silent and every comparison would be vacuous)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.5 + 0.3)
-            elif isinstance(m, nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.6 / fan_in**0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
-    return model.eval()
 
 
 def checkpoint(path: Path, name: str, seed: int = 0, **overrides: int) -> Path:

@@ -35,6 +35,7 @@ from spikedet.train.models.blocks import (
     time_mean,
 )
 from spikedet.train.neurons import ILIF, LIF
+from tests.model_helpers import randomize
 
 REGISTRY = Path(__file__).resolve().parents[1] / "spikedet/train/models/registry.py"
 
@@ -69,26 +70,6 @@ class TinyDetector(nn.Module):
             (b.trace(g, f, f"head.{k}.box"), c.trace(g, f, f"head.{k}.cls"))
             for k, ((b, c), f) in enumerate(zip(self.heads, (f1, f2)))
         ]
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine parameters, scaled so neurons spike at several levels."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.5 + 0.3)
-            elif isinstance(m, nn.Conv2d):
-                m.weight.copy_(
-                    torch.randn(m.weight.shape, generator=gen) * 0.6 / m.weight[0].numel() ** 0.5
-                )
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
-    return model.eval()
 
 
 def ilif_outputs(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:

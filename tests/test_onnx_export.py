@@ -20,26 +20,7 @@ from spikedet.errors import SpikedetError
 from spikedet.train.models.registry import build_model
 from spikedet.train.models.yolo_blocks import reparameterize
 from spikedet.train.neurons import ILIF, LIF, set_spike_mode
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics/affines and conv weights scaled so that neurons fire at several
-    levels (a freshly built model is nearly silent, which would make any comparison vacuous)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.5)
-                m.weight.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-                m.bias.copy_(torch.randn(n, generator=gen) * 0.5 + 0.3)
-            elif isinstance(m, nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.6 / fan_in**0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
-    return model.eval()
+from tests.model_helpers import randomize
 
 
 def images(n: int, size: int, seed: int = 1) -> torch.Tensor:

@@ -19,6 +19,7 @@ from spikedet.train.models.registry import MODEL_NAMES, build_from_config, build
 from spikedet.train.models.spikeyolo import SpikeYOLOv8
 from spikedet.train.models.yolo_blocks import BNAndPad, RepSpikeConv, reparameterize
 from spikedet.train.neurons import ILIF
+from tests.model_helpers import randomize_bn
 
 # Published sizes (M) and this implementation's exact training-time counts (analytic §3.5).
 PUBLISHED_M = {"n": 13.2, "s": 23.1, "m": 48.1, "l": 68.8}
@@ -37,20 +38,6 @@ SMALL = dict(widths=[8, 16, 32, 64], repeats=[1, 1, 1, 1], imgsz=64)
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def randomize_bn(model: nn.Module, seed: int = 1) -> None:
-    """Non-trivial BN statistics and affines so spikes span 0..D and fusion is really tested."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-            for tensor, lo, hi in (
-                (bn.running_mean, -0.2, 0.2),
-                (bn.running_var, 0.5, 1.5),
-                (bn.weight, 1.0, 2.0),
-                (bn.bias, 0.0, 0.8),
-            ):
-                tensor.copy_(torch.empty(tensor.shape).uniform_(lo, hi, generator=gen))
 
 
 def run_with_spikes(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:

@@ -1,0 +1,45 @@
+"""Shared test helpers: wake a freshly built spiking model up so comparisons are not vacuous.
+
+A fresh model (BN statistics 0/1, small default conv weights) is nearly silent; tests that
+compare two executions of it would pass trivially. These give every layer non-trivial spikes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Non-trivial BN statistics and affines (only), so spikes span 0..D."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            for tensor, lo, hi in (
+                (bn.running_mean, -0.2, 0.2),
+                (bn.running_var, 0.5, 1.5),
+                (bn.weight, 1.0, 2.0),
+                (bn.bias, 0.0, 0.8),
+            ):
+                tensor.copy_(torch.empty(tensor.shape).uniform_(lo, hi, generator=gen))
+    return model
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics/affines and conv weights scaled by fan-in so neurons fire at several
+    levels; returns the model in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(n, generator=gen) * 0.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+                m.bias.copy_(torch.randn(n, generator=gen) * 0.5 + 0.3)
+            elif isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.6 / fan_in**0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
+    return model.eval()
