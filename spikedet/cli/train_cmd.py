@@ -18,8 +18,12 @@ from typing import Any
 # Options of `train` that map onto TrainConfig fields of the same name.
 TRAIN_OVERRIDES = (
     "model", "data", "dataset", "epochs", "imgsz", "batch", "out", "optimizer", "lr", "seed",
-    "device", "workers", "time_steps",
+    "device", "workers", "time_steps", "skip_bad",
 )  # fmt: skip
+SKIP_BAD_HELP = (
+    "leave out unreadable images / broken annotation entries (COCO) and corrupt recordings "
+    "(Gen1), with a warning per file and a count at the end, instead of failing"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--workers", type=int, help="DataLoader worker processes")
     t.add_argument("--time-steps", type=int, help="Gen1: T bins per 250 ms window (default 5)")
     t.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
+    t.add_argument("--skip-bad", action="store_true", default=None, help=SKIP_BAD_HELP)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=run_train)
 
@@ -64,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--conf", type=float, default=0.001, help="NMS confidence threshold")
     e.add_argument("--iou", type=float, help="NMS IoU (default: the model family's)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     e.set_defaults(func=run_eval)
 
 
@@ -102,13 +108,18 @@ def _resume_config(args: argparse.Namespace, yaml_values: dict[str, Any]) -> Any
 def run_train(args: argparse.Namespace) -> int:
     from spikedet.train.config import load_yaml_config, resolve_config
     from spikedet.train.trainer import train
+    from spikedet.train.validation import skipped_summary, skipping_bad_data
 
     yaml_values = load_yaml_config(args.config) if args.config else {}
     if args.resume:
         cfg = _resume_config(args, yaml_values)
     else:
         cfg = resolve_config(yaml_values, _overrides(args), str(args.config or "train options"))
-    result = train(cfg, progress=not args.quiet, resume=bool(args.resume))
+    # The trainer builds its datasets itself: the policy reaches make_dataset through this block.
+    with skipping_bad_data(cfg.skip_bad) as skipped:
+        result = train(cfg, progress=not args.quiet, resume=bool(args.resume))
+    if skipped and result["rank"] == 0:
+        sys.stderr.write(f"spikedet: warning: {skipped_summary(skipped)}\n")
     if result["rank"] == 0:
         print(
             f"{cfg.model} on {cfg.dataset} {cfg.data}: best val mAP@50 {result['best_map50']:.4f}, "
@@ -124,7 +135,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from spikedet.errors import SpikedetError
     from spikedet.train.checkpoint import load_checkpoint, load_model
-    from spikedet.train.validation import evaluate_model, make_dataset
+    from spikedet.train.validation import evaluate_model, make_dataset, skipped_summary
 
     if args.batch < 1:
         raise SpikedetError(f"batch must be >= 1, got {args.batch}", "eval")
@@ -136,8 +147,9 @@ def run_eval(args: argparse.Namespace) -> int:
     kind = args.dataset or str(stored.get("dataset", "coco"))
     cfg = state["config"]
     dataset = make_dataset(
-        kind, str(args.data), args.split, int(cfg["imgsz"]), False, 0, int(cfg["T"])
-    )
+        kind, str(args.data), args.split, int(cfg["imgsz"]), False, 0, int(cfg["T"]),
+        skip_bad=bool(args.skip_bad),
+    )  # fmt: skip
     if len(dataset) == 0:
         raise SpikedetError(f"split '{args.split}' is empty", str(args.data))
     if len(dataset.names) != int(cfg["nc"]):
@@ -155,6 +167,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "split": args.split,
         "images": len(dataset),
         "detections": int(sum(len(d) for d in dets)),
+        "skipped": [path for path, _ in dataset.skipped],
         **{k: float(v) for k, v in metrics.items()},
     }
     if args.json:
@@ -165,6 +178,8 @@ def run_eval(args: argparse.Namespace) -> int:
             f"mAP@50 {summary['map50']:.4f}, mAP@50:95 {summary['map']:.4f}",
             flush=True,
         )
+    if dataset.skipped:
+        sys.stderr.write(f"spikedet: warning: {skipped_summary(dataset.skipped)}\n")
     return 0
 
 

@@ -53,6 +53,7 @@ class TrainConfig:
     workers: int = 0  # DataLoader worker processes (data are a function of index: no effect)
     amp: bool = True  # mixed precision (autocast float16 + GradScaler); used on CUDA only
     sync_bn: bool = False  # DDP on CUDA: SyncBatchNorm instead of per-process statistics
+    skip_bad: bool = False  # leave unreadable images / corrupt recordings out (warned) vs. fail
 
 
 def demo_config(fast: bool, data: str, out: str) -> TrainConfig:

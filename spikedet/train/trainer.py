@@ -219,8 +219,12 @@ def _train(cfg: TrainConfig, progress: bool, resume: bool, ctx: ddp.DistContext)
     device = _device(cfg, ctx)
     torch.manual_seed(cfg.seed)
     args = (cfg.dataset, cfg.data)
-    train_set = make_dataset(*args, "train", cfg.imgsz, cfg.augment, cfg.seed, cfg.time_steps)
-    val_set = make_dataset(*args, "val", cfg.imgsz, False, cfg.seed, cfg.time_steps)
+    train_set = make_dataset(
+        *args, "train", cfg.imgsz, cfg.augment, cfg.seed, cfg.time_steps, skip_bad=cfg.skip_bad
+    )
+    val_set = make_dataset(
+        *args, "val", cfg.imgsz, False, cfg.seed, cfg.time_steps, skip_bad=cfg.skip_bad
+    )
     if cfg.max_train_images is not None:
         train_set = _FirstImages(train_set, cfg.max_train_images)
     if len(train_set) == 0 or len(val_set) == 0:

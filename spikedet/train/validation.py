@@ -6,10 +6,18 @@ COCO: ``CocoDetectionSet`` batches ``[B, 3, S, S]`` (the model repeats them T ti
 mapped back to sensor pixels per label timestamp (``collect_detections``) and scored with the
 Gen1 protocol (``evaluate_gen1``). Decoding and NMS follow the model's family
 (``family.postprocess_outputs``).
+
+Bad files (``skip_bad``): ``make_dataset`` forwards it to the dataset, which leaves broken images
+/ recordings out with a warning each. Callers that cannot pass it (the trainer builds its own
+sets) run inside ``skipping_bad_data(skip)``, which sets the default and collects what was
+skipped, for the final "skipped N bad files" line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,6 +38,31 @@ def model_input(images: Tensor, dataset_kind: str, device: torch.device) -> Tens
     return images
 
 
+# (skip_bad default, list collecting the skipped (file, reason)) of the current skipping_bad_data.
+_BAD_DATA: contextvars.ContextVar[tuple[bool, list[tuple[str, str]]] | None] = (
+    contextvars.ContextVar("spikedet_bad_data", default=None)
+)
+
+
+@contextlib.contextmanager
+def skipping_bad_data(skip: bool) -> Iterator[list[tuple[str, str]]]:
+    """Within the block ``make_dataset`` calls without ``skip_bad`` use ``skip``; yields the list
+    that collects every (file, reason) the datasets built meanwhile left out."""
+    skipped: list[tuple[str, str]] = []
+    token = _BAD_DATA.set((bool(skip), skipped))
+    try:
+        yield skipped
+    finally:
+        _BAD_DATA.reset(token)
+
+
+def skipped_summary(skipped: list[tuple[str, str]]) -> str:
+    """``"skipped 2 bad files: a, b"`` (each file once, in the order met)."""
+    files = list(dict.fromkeys(path for path, _ in skipped))
+    noun = "file" if len(files) == 1 else "files"
+    return f"skipped {len(files)} bad {noun}: {', '.join(files)}"
+
+
 def make_dataset(
     kind: str,
     root: str,
@@ -38,22 +71,32 @@ def make_dataset(
     augment: bool,
     seed: int,
     time_steps: int = 5,
+    skip_bad: bool | None = None,
 ) -> Any:
-    """``CocoDetectionSet.from_root`` or ``Gen1DetectionSet`` (T = ``time_steps``) of one split."""
+    """``CocoDetectionSet.from_root`` or ``Gen1DetectionSet`` (T = ``time_steps``) of one split.
+
+    ``skip_bad=None`` takes the enclosing ``skipping_bad_data`` setting (False outside one).
+    """
+    policy = _BAD_DATA.get()
+    if skip_bad is None:
+        skip_bad = policy[0] if policy else False
     if kind == "coco":
         from spikedet.train.data.coco import CocoDetectionSet
 
-        return CocoDetectionSet.from_root(root, split, imgsz, augment, seed)
-    if kind == "gen1":
+        dataset = CocoDetectionSet.from_root(root, split, imgsz, augment, seed, skip_bad)
+    elif kind == "gen1":
         from spikedet.train.data.gen1 import CLASS_NAMES
         from spikedet.train.data.gen1_dataset import Gen1DetectionSet
 
         dataset = Gen1DetectionSet(
-            root, split, T=time_steps, imgsz=imgsz, augment=augment, seed=seed
+            root, split, T=time_steps, imgsz=imgsz, augment=augment, seed=seed, skip_bad=skip_bad
         )
         dataset.names = list(CLASS_NAMES)
-        return dataset
-    raise SpikedetError(f"dataset must be coco or gen1, got {kind!r}", root)
+    else:
+        raise SpikedetError(f"dataset must be coco or gen1, got {kind!r}", root)
+    if policy:
+        policy[1].extend(dataset.skipped)
+    return dataset
 
 
 def predict(

@@ -8,6 +8,12 @@ U(0.75, 1.25), then cropped or padded back to S at a random offset) and a horizo
 epoch can be reproduced on its own (resumable training). Boxes are x1, y1, x2, y2 pixel edges
 (pixel i covers [i, i + 1)); boxes narrower or lower than 1 px after the transforms are dropped.
 
+Bad data (``skip_bad=True``): an image whose file is missing or fails Pillow's cheap
+``verify()`` / header size check, or that an ``images`` / ``annotations`` entry describes
+badly, is left out of the set (and of ``coco``, so mAP covers the remaining images) with one
+``spikedet: warning:`` line on stderr naming it; ``skipped`` lists (file, reason). Without it the
+first such problem raises ``SpikedetError`` (a broken image file only when it is read).
+
 Pillow and pycocotools are imported where used so that ``to_original`` also works without them.
 """
 
@@ -18,6 +24,7 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -135,6 +142,7 @@ class CocoDetectionSet:
         imgsz: int = 64,
         augment: bool = False,
         seed: int = 0,
+        skip_bad: bool = False,
     ):
         self.images_dir = Path(images_dir)
         self.ann_file = Path(ann_file)
@@ -150,8 +158,12 @@ class CocoDetectionSet:
         self.augment = bool(augment)
         self.seed = int(seed)
         self.epoch = 0
+        self.skipped: list[tuple[str, str]] = []  # (file, reason) left out under skip_bad
 
-        dataset = _load_instances(self.ann_file)
+        bad: dict[int, str] | None = {} if skip_bad else None  # image id -> reason
+        dataset = _load_instances(self.ann_file, bad)
+        if bad is not None:
+            self._drop_bad_images(dataset, bad)
         self.coco = _make_coco(dataset)
         self.cat_ids: list[int] = sorted(c["id"] for c in dataset["categories"])
         by_id = {c["id"]: c for c in dataset["categories"]}
@@ -175,6 +187,24 @@ class CocoDetectionSet:
             if not path.is_file():
                 raise SpikedetError(f"image file of image id {image_id} not found", str(path))
 
+    def _drop_bad_images(self, dataset: dict, bad: dict[int, str]) -> None:
+        """Add images whose file is unreadable to ``bad``, then remove every bad image and its
+        annotations from ``dataset`` (in place) and warn once per image."""
+        for info in dataset["images"]:
+            if info["id"] not in bad:
+                problem = _image_problem(self.images_dir / info["file_name"], info)
+                if problem:
+                    bad[info["id"]] = problem
+        names = {im["id"]: im.get("file_name") for im in dataset["images"]}
+        for image_id, reason in sorted(bad.items()):
+            name = names.get(image_id)
+            where = str(self.images_dir / name) if isinstance(name, str) else None
+            where = where or f"{self.ann_file} image id {image_id}"
+            self.skipped.append((where, reason))
+            sys.stderr.write(f"spikedet: warning: skipped bad file: {reason} ({where})\n")
+        dataset["images"] = [im for im in dataset["images"] if im["id"] not in bad]
+        dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] not in bad]
+
     @classmethod
     def from_root(
         cls,
@@ -183,12 +213,12 @@ class CocoDetectionSet:
         imgsz: int = 64,
         augment: bool = False,
         seed: int = 0,
+        skip_bad: bool = False,
     ) -> CocoDetectionSet:
         """``root/split/`` images with ``root/annotations/instances_{split}.json``."""
         root = Path(root)
-        return cls(
-            root / split, root / "annotations" / f"instances_{split}.json", imgsz, augment, seed
-        )
+        ann_file = root / "annotations" / f"instances_{split}.json"
+        return cls(root / split, ann_file, imgsz, augment, seed, skip_bad)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -265,6 +295,26 @@ def _read_rgb(path: Path) -> np.ndarray:
         raise SpikedetError(f"cannot read image: {reason}", str(path)) from None
 
 
+def _image_problem(path: Path, info: dict) -> str | None:
+    """Why ``path`` cannot serve as image ``info`` (cheap: header and chunk checks, no decode)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()  # walks the chunks/CRCs: catches truncated and damaged files
+    except FileNotFoundError:
+        return "image file not found"
+    except Exception as err:  # noqa: BLE001 - any Pillow failure means "cannot use this image"
+        reason = " ".join(str(err).split())[:120] or type(err).__name__
+        return f"cannot read image: {reason}"
+    if size != (info["width"], info["height"]):
+        return (
+            f"image is {size[0]}x{size[1]} but the annotations say {info['width']}x{info['height']}"
+        )
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Annotation file: strict validation, so a bad file fails here with its name, not deep in COCO.
 
@@ -277,8 +327,12 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _load_instances(ann_file: Path) -> dict:
-    """Read and validate an instances JSON; fills the optional ``area`` (w·h) and ``iscrowd``."""
+def _load_instances(ann_file: Path, bad: dict[int, str] | None = None) -> dict:
+    """Read and validate an instances JSON; fills the optional ``area`` (w·h) and ``iscrowd``.
+
+    With a ``bad`` dict, a broken ``images`` / ``annotations`` entry whose image id is known is
+    recorded there (image id -> reason) instead of raising; the caller drops those images.
+    """
     where = str(ann_file)
     try:
         data = json.loads(ann_file.read_text(encoding="utf-8"))
@@ -292,17 +346,31 @@ def _load_instances(ann_file: Path) -> dict:
         if not isinstance(data.get(key), list):
             raise SpikedetError(f"missing key '{key}' (a list)", where)
 
+    # The image ids a broken entry can be blamed on.
+    image_ids = {
+        im["id"] for im in data["images"] if isinstance(im, dict) and _is_int(im.get("id"))
+    }
+
+    def problem(section: str, k: int, item: Any, what: str) -> None:
+        """Raise, or (skip mode) mark the entry's image bad when the entry names a known one."""
+        # Categories are never skipped: they define the classes.
+        image_id = item.get("image_id" if section == "annotations" else "id")
+        skippable = bad is not None and section != "categories"
+        if not (skippable and _is_int(image_id) and image_id in image_ids):
+            raise SpikedetError(f"{section}[{k}]{what}", where)
+        bad.setdefault(image_id, f"broken {section}[{k}] entry in {ann_file.name}")
+
     def check(items: list, section: str, keys: dict[str, Any]) -> None:
         for k, item in enumerate(items):
             if not isinstance(item, dict):
                 raise SpikedetError(f"{section}[{k}] is not an object", where)
             for key, ok in keys.items():
                 if key not in item:
-                    raise SpikedetError(f"{section}[{k}] misses key '{key}'", where)
+                    problem(section, k, item, f" misses key '{key}'")
+                    break
                 if not ok(item[key]):
-                    raise SpikedetError(
-                        f"{section}[{k}].{key} has a bad value {item[key]!r}", where
-                    )
+                    problem(section, k, item, f".{key} has a bad value {item[key]!r}")
+                    break
 
     check(data["categories"], "categories", {"id": _is_int, "name": lambda v: isinstance(v, str)})
     size_ok = lambda v: _is_int(v) and v > 0  # noqa: E731
@@ -329,17 +397,22 @@ def _load_instances(ann_file: Path) -> dict:
         raise SpikedetError("duplicate category or image ids", where)
     known_cats, known_imgs = set(cat_ids), set(img_ids)
     for k, ann in enumerate(data["annotations"]):
+        if bad is not None and ann.get("image_id") in bad:
+            continue  # its image is dropped anyway (this entry may be the broken one)
         bbox = ann["bbox"]
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
-            raise SpikedetError(f"annotations[{k}].bbox must be 4 numbers, got {bbox!r}", where)
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise SpikedetError(f"annotations[{k}].bbox has a negative size {bbox!r}", where)
-        if ann["category_id"] not in known_cats:
-            raise SpikedetError(
-                f"annotations[{k}] has unknown category id {ann['category_id']}", where
-            )
-        if ann["image_id"] not in known_imgs:
-            raise SpikedetError(f"annotations[{k}] has unknown image id {ann['image_id']}", where)
+            what = f".bbox must be 4 numbers, got {bbox!r}"
+        elif bbox[2] < 0 or bbox[3] < 0:
+            what = f".bbox has a negative size {bbox!r}"
+        elif ann["category_id"] not in known_cats:
+            what = f" has unknown category id {ann['category_id']}"
+        elif ann["image_id"] not in known_imgs:
+            what = f" has unknown image id {ann['image_id']}"
+        else:
+            what = ""
+        if what:
+            problem("annotations", k, ann, what)  # raises unless its image can be skipped
+            continue
         ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
         ann.setdefault("iscrowd", 0)
     return data

@@ -12,6 +12,12 @@ RuntimeWarning per file counts the rows reaching outside the frame), then mapped
 into the letterbox. With ``augment=True`` a horizontal flip (p = 0.5) is drawn from
 ``default_rng([seed, epoch, index])``.
 
+Bad recordings: every recording's ``.dat`` header (format, size, 304 x 240 sensor) and
+``_bbox.npy`` are checked when the set is built, so a corrupt file stops the run before the
+first epoch, naming the file; with ``skip_bad=True`` the recording is left out instead (one
+``spikedet: warning:`` line on stderr; ``skipped`` lists (file, reason)) and ``labels`` holds only
+the remaining recordings, so Gen1 mAP covers those.
+
 Memory: events are read lazily per recording through ``gen1.DatFile`` (a memmap plus a cached
 int64 t column, 8 bytes per event); the ``cache_files`` most recently used recordings stay open
 (a 60 s Gen1 file with ~20 M events costs ~160 MB per cached file).
@@ -20,6 +26,7 @@ int64 t column, 8 bytes per event); the ``cache_files`` most recently used recor
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -29,7 +36,14 @@ import numpy as np
 from spikedet.errors import SpikedetError
 from spikedet.train.data.coco import Sample, letterbox_geometry
 from spikedet.train.data.events import BACKGROUND, channels, events_to_tensor
-from spikedet.train.data.gen1 import SENSOR_HW, DatFile, find_recordings, read_bbox
+from spikedet.train.data.gen1 import (
+    SENSOR_HW,
+    DatFile,
+    Gen1Recording,
+    find_recordings,
+    read_bbox,
+    read_dat_header,
+)
 
 
 def last_per_track(rows: np.ndarray) -> np.ndarray:
@@ -72,6 +86,15 @@ def warn_outside_frame(rows: np.ndarray, height: int, width: int, where: str) ->
     return count
 
 
+def _check_header(rec: Gen1Recording) -> None:
+    """The ``.dat`` header parses (format, event size, whole events) and is a 304 x 240 sensor."""
+    header = read_dat_header(rec.dat)
+    if (header.height, header.width) != SENSOR_HW:
+        raise SpikedetError(
+            f"sensor {header.width}x{header.height}, expected 304x240", str(rec.dat)
+        )
+
+
 class Gen1DetectionSet:
     """``root/split`` of a Gen1-layout folder -> ``Sample`` per unique label timestamp.
 
@@ -90,6 +113,7 @@ class Gen1DetectionSet:
         seed: int = 0,
         bins: int = 10,
         cache_files: int = 2,
+        skip_bad: bool = False,
     ):
         self.root = Path(root)
         where = str(self.root / split)
@@ -103,8 +127,21 @@ class Gen1DetectionSet:
         self.split, self.T, self.window_us = split, int(T), int(window_us)
         self.representation, self.bins, self.imgsz = representation, int(bins), int(imgsz)
         self.augment, self.seed, self.epoch = bool(augment), int(seed), 0
-        self.recordings = find_recordings(self.root, split)
-        self.labels = {rec.stem: read_bbox(rec.bbox) for rec in self.recordings}
+        self.skipped: list[tuple[str, str]] = []  # (file, reason) left out under skip_bad
+        self.recordings: list[Gen1Recording] = []
+        self.labels: dict[str, np.ndarray] = {}
+        for rec in find_recordings(self.root, split):
+            try:
+                _check_header(rec)
+                labels = read_bbox(rec.bbox)
+            except SpikedetError as err:
+                if not skip_bad:
+                    raise
+                self.skipped.append((str(err.where), str(err.what)))
+                sys.stderr.write(f"spikedet: warning: skipped bad file: {err.one_line()}\n")
+                continue
+            self.recordings.append(rec)
+            self.labels[rec.stem] = labels
         for rec in self.recordings:
             warn_outside_frame(self.labels[rec.stem], *SENSOR_HW, str(rec.bbox))
         self.index: list[tuple[int, int]] = []
