@@ -130,14 +130,16 @@ def test_last_instance_per_track_clipping_and_flip(tmp_path: Path) -> None:
                     dtype=BBOX_DTYPE)  # fmt: skip
     assert last_per_track(rows)["track_id"].tolist() == [2, 1, 3, 4]
     write_bbox(rec.bbox, rows, "toolbox")
-    ds = Gen1DetectionSet(tmp_path, "train", T=2, window_us=100_000, imgsz=64)
+    with pytest.warns(RuntimeWarning, match="2 of 5 boxes reach outside"):
+        ds = Gen1DetectionSet(tmp_path, "train", T=2, window_us=100_000, imgsz=64)
     sample = ds[0]
     back = to_original(sample.boxes, sample.meta)
     np.testing.assert_allclose(
         back, [[50, 60, 70, 100], [12, 14, 54, 46], [290, 0, 304, 25]], atol=1e-4
     )
     assert sample.classes.tolist() == [1, 0, 0]
-    aug = Gen1DetectionSet(tmp_path, "train", T=2, window_us=100_000, imgsz=64, augment=True)
+    with pytest.warns(RuntimeWarning, match="outside the 304x240 frame"):
+        aug = Gen1DetectionSet(tmp_path, "train", T=2, window_us=100_000, imgsz=64, augment=True)
     flips = []
     for epoch in range(8):
         aug.set_epoch(epoch)
