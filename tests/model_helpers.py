@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spikedet.train.neurons import ILIF
+
 
 def randomize_bn(model: nn.Module, seed: int = 1) -> nn.Module:
     """Non-trivial BN statistics and affines (only), so spikes span 0..D."""
@@ -43,3 +45,27 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
     return model.eval()
+
+
+def run_with_spikes(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:
+    """Outputs and every I-LIF's output, binary slots folded back to integers ``[T, ...]``."""
+    spikes: dict[str, torch.Tensor] = {}
+
+    def record(name: str, lif: ILIF, out: torch.Tensor) -> None:
+        if lif.spike_mode == "binary":
+            assert set(out.unique().tolist()) <= {0.0, 1.0}
+            out = out.view(-1, lif.levels, *out.shape[1:]).sum(1)
+        spikes[name] = out
+
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, k=name: record(k, mod, o))
+        for name, m in model.named_modules()
+        if isinstance(m, ILIF)
+    ]
+    try:
+        with torch.no_grad():
+            outs = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs, spikes

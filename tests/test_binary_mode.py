@@ -16,31 +16,7 @@ from spikedet.train.models.blocks import ConvBN, SpikeConv
 from spikedet.train.models.registry import build_from_config, build_model
 from spikedet.train.models.yolo_blocks import RepSpikeConv
 from spikedet.train.neurons import ILIF, set_spike_mode, to_binary_slots
-from tests.model_helpers import randomize_bn
-
-
-def run_with_spikes(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:
-    """Outputs and every I-LIF's output, binary slots folded back to integers ``[T, ...]``."""
-    spikes: dict[str, torch.Tensor] = {}
-
-    def record(name: str, lif: ILIF, out: torch.Tensor) -> None:
-        if lif.spike_mode == "binary":
-            assert set(out.unique().tolist()) <= {0.0, 1.0}
-            out = out.view(-1, lif.levels, *out.shape[1:]).sum(1)
-        spikes[name] = out
-
-    hooks = [
-        m.register_forward_hook(lambda mod, i, o, k=name: record(k, mod, o))
-        for name, m in model.named_modules()
-        if isinstance(m, ILIF)
-    ]
-    try:
-        with torch.no_grad():
-            outs = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outs, spikes
+from tests.model_helpers import randomize_bn, run_with_spikes
 
 
 def compare_modes(model: nn.Module, x: torch.Tensor) -> float:

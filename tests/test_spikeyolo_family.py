@@ -18,8 +18,7 @@ from spikedet.train.models.blocks import Current, SpikeConv
 from spikedet.train.models.registry import MODEL_NAMES, build_from_config, build_model
 from spikedet.train.models.spikeyolo import SpikeYOLOv8
 from spikedet.train.models.yolo_blocks import BNAndPad, RepSpikeConv, reparameterize
-from spikedet.train.neurons import ILIF
-from tests.model_helpers import randomize_bn
+from tests.model_helpers import randomize_bn, run_with_spikes
 
 # Published sizes (M) and this implementation's exact training-time counts (analytic §3.5).
 PUBLISHED_M = {"n": 13.2, "s": 23.1, "m": 48.1, "l": 68.8}
@@ -38,22 +37,6 @@ SMALL = dict(widths=[8, 16, 32, 64], repeats=[1, 1, 1, 1], imgsz=64)
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def run_with_spikes(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:
-    spikes: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, i, o, k=name: spikes.__setitem__(k, o))
-        for name, m in model.named_modules()
-        if isinstance(m, ILIF)
-    ]
-    try:
-        with torch.no_grad():
-            outs = model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outs, spikes
 
 
 @pytest.mark.parametrize("scale", ["n", "s", "m", "l"])
