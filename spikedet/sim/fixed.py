@@ -36,8 +36,17 @@ def clip24(x: np.ndarray) -> np.ndarray:
 
 
 def decay(x: np.ndarray, dv: int) -> np.ndarray:
-    """sign(x) * ((|x| * (4096 - dv)) >> 12): 12-bit decay truncating toward zero."""
-    return np.sign(x) * ((np.abs(x) * ((1 << DECAY_BITS) - dv)) >> DECAY_BITS)
+    """sign(x) * ((|x| * (4096 - dv)) >> 12): 12-bit decay truncating toward zero.
+
+    Computed as (x*m + (4095 if x < 0 else 0)) >> 12 with m = 4096 - dv >= 1: for y = x*m < 0 the
+    arithmetic shift of y + 4095 is ceil(y / 4096), i.e. truncation toward zero, with no
+    abs/sign temporaries (the hot loop of the engine).
+    """
+    m = (1 << DECAY_BITS) - dv
+    y = x * m
+    y += (x >> 63) & ((1 << DECAY_BITS) - 1)
+    y >>= DECAY_BITS
+    return y
 
 
 def spike_levels(u: np.ndarray, theta: int, levels: int) -> np.ndarray:
@@ -100,8 +109,13 @@ def population_input(
         src = outputs[syn.src]  # [T', B, C, H, W], T' = 1 for a static input
         steps = src.shape[0]
         flat = src.reshape(steps * batch, *src.shape[2:])
-        part = wrap24(conv_int(flat, syn)).reshape(steps, batch, *pop.shape)
-        total += part  # broadcasts a static input's single step over T
+        part = conv_int(flat, syn)
+        # |sum| <= max|W| * max|s| * fan-in; below 2^23 the 24-bit wrap cannot change it.
+        fan_in = syn.weight[0].size
+        bound = int(np.abs(syn.weight).max(initial=0)) * int(np.abs(flat).max(initial=0)) * fan_in
+        if bound >= 1 << (STATE_BITS - 1):
+            part = wrap24(part)
+        total += part.reshape(steps, batch, *pop.shape)  # a static input broadcasts over T
     return total
 
 
@@ -118,11 +132,14 @@ def run_population(pop: QPopulation, current: np.ndarray) -> np.ndarray:
             state = clip24(state + a + bias)
         return state
     spikes = np.empty(current.shape, dtype=np.int64)
-    prev = np.zeros_like(state)
     for t, a in enumerate(current):
-        state = clip24(decay(state - pop.theta * prev, pop.dv) + a + bias)
-        prev = spike_levels(state, pop.theta, pop.D)
-        spikes[t] = prev
+        if t:  # u_0 = a_0 + b: the state and the previous spike are still zero
+            state -= pop.theta * spikes[t - 1]
+            state = decay(state, pop.dv)
+        state += a
+        state += bias
+        np.clip(state, -STATE_MAX, STATE_MAX, out=state)
+        spikes[t] = spike_levels(state, pop.theta, pop.D)
     return spikes
 
 
