@@ -244,3 +244,24 @@ def test_report_command_missing_or_corrupt(tmp_path: Path, capsys: pytest.Captur
     with pytest.raises(SpikedetError, match="not a spikedet report") as info:
         load_report(tmp_path)
     assert info.value.where == str(bad)
+
+
+def test_report_shows_fan_in_splits_and_relays(tmp_path: Path) -> None:
+    from spikedet.sim.fixed import FixedEngine
+    from tests.test_mapping import make_profile
+    from tests.test_mapping_constructs import split_graph
+
+    qg = split_graph()
+    x = np.random.default_rng(0).integers(0, 256, size=(1, 3, 5, 5))
+    act = count_activity(qg, FixedEngine().run(qg, x).spikes, x)
+    prof = make_profile(fan_in_axons=256, delay_bits=0)
+    rep = energy_report(qg, map_graph(qg, prof), act, prof, load_profile("cmos45nm"))
+    write_report(tmp_path, rep)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Fan-in splits and delay relays" in md and "integer results do not change" in md
+    psum_cores = sum(ps["tiles"] for ps in rep["mapping"]["layers"][1]["psums"])
+    assert f"| p | 3 | {psum_cores} |" in md
+    assert "| s | s | 1 |" in md  # s's spikes relayed one stage for the skip into q
+    t = rep["totals"]
+    assert (t["split_layers"], t["psum_cores"], t["extra_latency_steps"]) == (1, psum_cores, 1)
+    assert "fan-in splits: 1 layer(s)" in summary_table(load_report(tmp_path))

@@ -121,13 +121,18 @@ def test_bad_weights_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
 
 
 @pytest.mark.parametrize(
-    ("name", "message"),
-    [("ems-pico", "lacks export attributes"), ("spikeyolo-n", "max pooling")],
+    ("name", "overrides", "message"),
+    [("spikeyolo-v8-pico", {"T": 2}, "max pooling"), ("ems-pico", {"imgsz": 96}, "3x3 map")],
 )
 def test_unexportable_model_leaves_no_file(
-    name: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    name: str,
+    overrides: dict,
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
-    ckpt = checkpoint(tmp_path / "ckpt" / "best.pt", name)
+    ckpt = checkpoint(tmp_path / "ckpt" / "best.pt", name, **overrides)
     outdir = tmp_path / "out"
     args = ["--out", str(outdir / "m.nir"), "--onnx", str(outdir / "m.onnx")]
     assert spikedet(monkeypatch, "export", "--weights", str(ckpt), *args) == 2

@@ -4,11 +4,16 @@ The slow reference below runs HARDWARE steps h = 0 .. max depth + T - 1 one by o
 synapse delivers what its source emitted 1 + delay steps earlier (kept in per-source emission
 histories), populations are idle (state 0, no output, no bias) before their depth, convs are
 explicit loops over output channels and kernel offsets, and the neuron uses differently written
-but equivalent formulas (threshold count, floor-division decay). The engine evaluates layer by
-layer in logical time; the two must agree bit for bit.
+but equivalent formulas (threshold count, floor-division decay, a LIF reset by np.where). A
+maxpool population pools what its source emitted one step earlier, by loops over output pixels;
+upsampling is np.repeat and the channel range a slice. The engine evaluates layer by layer in
+logical time; the two must agree bit for bit.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +71,19 @@ def ref_spikes(u: np.ndarray, theta: int, levels: int) -> np.ndarray:
     return sum((2 * u > (2 * k - 1) * theta).astype(np.int64) for k in range(1, levels + 1))
 
 
+def ref_maxpool(x: np.ndarray, pop: QPopulation) -> np.ndarray:
+    """Max over each window of the zero-padded map, by loops over output pixels."""
+    (kh, kw), (sh, sw), (ph, pw) = pop.pool_kernel, pop.pool_stride, pop.pool_padding
+    b, c, h, w = x.shape
+    xp = np.zeros((b, c, h + 2 * ph, w + 2 * pw), dtype=np.int64)
+    xp[:, :, ph : ph + h, pw : pw + w] = x
+    out = np.zeros((b, c, *pop.shape[1:]), dtype=np.int64)
+    for i in range(pop.shape[1]):
+        for j in range(pop.shape[2]):
+            out[:, :, i, j] = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw].max(axis=(2, 3))
+    return out
+
+
 def hardware_reference(qg: QuantGraph, x: np.ndarray, counter: dict) -> EngineResult:
     """Step-by-step simulation of the pipelined hardware (§3.3)."""
     x = x if x.ndim == 5 else np.broadcast_to(x, (qg.T, *x.shape))
@@ -77,7 +95,7 @@ def hardware_reference(qg: QuantGraph, x: np.ndarray, counter: dict) -> EngineRe
     spikes = {
         p.name: np.zeros((qg.T, batch, *p.shape), dtype=np.int64)
         for p in qg.populations
-        if p.kind == "ilif"
+        if p.kind != "readout"
     }
     readouts: dict[str, np.ndarray] = {}
     for p in qg.populations:
@@ -91,6 +109,12 @@ def hardware_reference(qg: QuantGraph, x: np.ndarray, counter: dict) -> EngineRe
             if h < p.depth:  # idle: the neuron program is not enabled yet
                 new[p.name] = zero
                 continue
+            t = h - p.depth
+            if p.kind == "maxpool":  # the pooling synapse: what the source sent one step ago
+                new[p.name] = ref_maxpool(emitted[p.src][h - 1], p)
+                if t < qg.T:
+                    spikes[p.name][t] = new[p.name]
+                continue
             current = zero.copy()
             for syn in qg.incoming(p.name):
                 sent = h - 1 - syn.delay  # one step of synapse latency plus the delay buffer
@@ -99,18 +123,24 @@ def hardware_reference(qg: QuantGraph, x: np.ndarray, counter: dict) -> EngineRe
                     if sent >= 0
                     else np.zeros((batch, *qg.src_shape(syn.src)), dtype=np.int64)
                 )
-                current += ref_wrap(ref_conv(src, syn), counter)
+                out = ref_wrap(ref_conv(src, syn), counter)
+                out = np.repeat(np.repeat(out, syn.upsample, axis=2), syn.upsample, axis=3)
+                current[:, syn.out_offset : syn.out_offset + out.shape[1]] += out
             bias = p.bias[None, :, None, None]
-            t = h - p.depth
             if p.kind == "readout":
                 state[p.name] = ref_clip(state[p.name] + current + bias, counter)
                 if t == qg.T - 1:
                     readouts[p.name] = state[p.name].copy()
                 new[p.name] = zero
                 continue
-            reset = state[p.name] - p.theta * last[p.name]
-            state[p.name] = ref_clip(ref_decay(reset, p.dv) + current + bias, counter)
-            last[p.name] = ref_spikes(state[p.name], p.theta, p.D)
+            if p.kind == "lif":  # hard reset to 0, binary spike above the integer threshold
+                reset = np.where(last[p.name] > 0, 0, state[p.name])
+                state[p.name] = ref_clip(ref_decay(reset, p.dv) + current + bias, counter)
+                last[p.name] = (state[p.name] > p.vth).astype(np.int64)
+            else:
+                reset = state[p.name] - p.theta * last[p.name]
+                state[p.name] = ref_clip(ref_decay(reset, p.dv) + current + bias, counter)
+                last[p.name] = ref_spikes(state[p.name], p.theta, p.D)
             if t < qg.T:
                 spikes[p.name][t] = last[p.name]
             new[p.name] = last[p.name]
@@ -140,6 +170,7 @@ def test_random_graphs_match_hardware_steps() -> None:
         diff = compare(got, want)
         assert diff["total_mismatches"] == 0, (case, diff["first_mismatch"])
         assert set(got.spikes) == {p.name for p in qg.populations if p.kind == "ilif"}
+        assert set(got.readouts) == {p.name for p in qg.populations if p.kind == "readout"}
         for p in qg.populations:
             if p.kind == "ilif":
                 fired += int(got.spikes[p.name].sum() > 0)
@@ -148,6 +179,60 @@ def test_random_graphs_match_hardware_steps() -> None:
     # the cases exercised what they are meant to: activity, saturation, delays, wrap and clip
     assert fired > 80 and saturated > 40 and delayed == 60
     assert counter["wraps"] > 100 and counter["clips"] > 10, counter
+
+
+def test_random_construct_graphs_match_hardware_steps() -> None:
+    """LIF, maxpool (chained), out_offset and upsample synapses (randgraph constructs=True)."""
+    rng = np.random.default_rng(20260301)
+    counter = {"wraps": 0, "clips": 0}
+    seen = {"lif": 0, "maxpool": 0, "chained": 0, "offset": 0, "upsample": 0, "lif_fired": 0}
+    engine = FixedEngine()
+    for case in range(30):
+        weight_max = 127 if case % 3 else 1 << 14
+        qg = random_qgraph(
+            rng,
+            n_pops=1 + case % 4,
+            T=1 + case % 3,
+            size=int(rng.integers(4, 11)),
+            channels=(1, 2, 3, 4),
+            weight_max=weight_max,
+            constructs=True,
+        )
+        x = random_input(rng, qg, batch=2, static=case % 4 == 0)
+        got = engine.run(qg, x)
+        want = hardware_reference(qg, x, counter)
+        diff = compare(got, want)
+        assert diff["total_mismatches"] == 0, (case, diff["first_mismatch"])
+        assert set(got.spikes) == {p.name for p in qg.populations if p.kind != "readout"}
+        kinds = [p.kind for p in qg.populations]
+        seen["lif"] += kinds.count("lif")
+        seen["maxpool"] += kinds.count("maxpool")
+        seen["chained"] += int(kinds.count("maxpool") > 1)
+        seen["offset"] += sum(s.out_offset > 0 for s in qg.synapses)
+        seen["upsample"] += sum(s.upsample > 1 for s in qg.synapses)
+        seen["lif_fired"] += sum(
+            int(got.spikes[p.name].any()) for p in qg.populations if p.kind == "lif"
+        )
+        for p in qg.populations:
+            if p.kind == "maxpool":  # depth(src) + 1 and never below the source's spikes
+                assert p.depth == qg.pop(p.src).depth + 1
+                assert got.spikes[p.name].max() <= got.spikes[p.src].max()
+    print(seen, counter)
+    assert seen["lif"] > 20 and seen["lif_fired"] > 10 and seen["chained"] > 5
+    assert seen["offset"] >= 30 and seen["upsample"] > 20 and counter["wraps"] > 10
+
+
+def test_max_pool_int_by_hand() -> None:
+    from spikedet.sim.fixed import max_pool_int
+
+    pop = QPopulation(
+        "m", "maxpool", (1, 2, 2), 0, [0], D=4, src="s",
+        pool_kernel=(3, 3), pool_stride=(2, 2), pool_padding=(1, 1),
+    )  # fmt: skip
+    x = np.array([[0, 1, 0], [4, 0, 2], [0, 3, 0]]).reshape(1, 1, 3, 3)
+    # windows rows/cols {-1,0,1} x {-1,0,1} -> 4; {-1,0,1} x {1,2} -> 2 ... (zero padding)
+    assert max_pool_int(x, pop).ravel().tolist() == [4, 2, 4, 3]
+    assert np.array_equal(max_pool_int(x, pop), ref_maxpool(x, pop))
 
 
 def test_float_gemm_fallback_to_int64_is_exact() -> None:
@@ -264,3 +349,25 @@ def test_bad_input_is_rejected() -> None:
         FixedEngine().run(qg, good + 256)
     with pytest.raises(SpikedetError, match="integers"):
         FixedEngine().run(qg, good.astype(np.float32))
+
+
+def test_format1_npz_still_loads(tmp_path: Path) -> None:
+    """A QuantGraph written before the new fields (header format 1) loads with defaults."""
+    from spikedet.sim.randgraph import random_qgraph
+
+    qg = random_qgraph(np.random.default_rng(4), n_pops=2)
+    qg.save(tmp_path / "new.npz")
+    with np.load(tmp_path / "new.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(str(arrays["header"]))
+    header["format"] = 1
+    for p in header["populations"]:
+        for key in ("vth", "src", "pool_kernel", "pool_stride", "pool_padding"):
+            del p[key]
+    for s in header["synapses"]:
+        del s["out_offset"], s["upsample"]
+    arrays["header"] = np.array(json.dumps(header))
+    np.savez(tmp_path / "old.npz", **arrays)
+    old = QuantGraph.load(tmp_path / "old.npz")
+    assert [s.upsample for s in old.synapses] == [1] * len(qg.synapses)
+    assert [p.depth for p in old.populations] == [p.depth for p in qg.populations]

@@ -213,6 +213,30 @@ def test_random_graphs_match_fixed(lava_python, seed):
     assert sum(int(v.sum()) for v in fixed.spikes.values()) > 0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 5, 8])
+def test_random_construct_graphs_match_fixed(lava_python, seed: int) -> None:
+    """LIF, maxpool (chained), out_offset and upsample synapses (randgraph constructs=True)."""
+    from spikedet.sim.engine import compare
+    from spikedet.sim.fixed import FixedEngine
+    from spikedet.sim.randgraph import random_input, random_qgraph
+
+    rng = np.random.default_rng(seed)
+    qg = random_qgraph(
+        rng, n_pops=2 + seed % 2, T=2 + seed % 2, size=8, channels=(2, 3, 4),
+        weight_max=2000 if seed % 2 else 127, constructs=True,
+    )  # fmt: skip
+    kinds = {p.kind for p in qg.populations}
+    assert {"lif", "maxpool"} <= kinds and any(s.upsample > 1 for s in qg.synapses)
+    x = random_input(rng, qg, batch=2, static=seed == 2)
+    fixed = FixedEngine().run(qg, x)
+    lava = LavaEngine(python=str(lava_python)).run(qg, x)
+    report = compare(fixed, lava)
+    values = sum(v["values"] for v in report["populations"].values())
+    print(f"seed {seed}: {report['total_mismatches']} mismatches of {values} spike values")
+    assert report["total_mismatches"] == 0, report["first_mismatch"]
+    assert sum(int(v.sum()) for v in fixed.spikes.values()) > 0
+
+
 def test_depthwise_beyond_int8_groups(lava_python):
     """Lava's Conv keeps ``groups`` in int8 (256 wraps to 0); the worker regroups exactly."""
     from spikedet.sim.fixed import FixedEngine
@@ -330,3 +354,29 @@ def test_unavailable_lava(monkeypatch):
         engine.run(hand_graph(), np.zeros((1, 1, 1, 2), np.int64))
     assert err.value.what == SETUP_MESSAGE
     assert LavaEngine(python="/nonexistent").available()[0] is False
+
+
+def test_lava_graph_checks_for_constructs() -> None:
+    from spikedet.deploy.nir_graph import from_nir
+    from spikedet.deploy.quantize import quantize
+    from tests.test_deploy_constructs import construct_net, make_graph
+
+    qg = quantize(from_nir(make_graph(*construct_net())))
+    check_graph(qg)  # valid
+    qg.pop("m2").depth += 1  # a maxpool is handled exactly one step after its source
+    with pytest.raises(SpikedetError, match=r"depth\(m2\)=4 != depth\(m\)=2 \+ 1"):
+        check_graph(qg)
+    qg = quantize(from_nir(make_graph(*construct_net())))
+    (cb,) = [s for s in qg.synapses if s.name == "cb.up2->cat"]
+    cb.upsample = 1  # a 4x4 map into an 8x8 population
+    with pytest.raises(SpikedetError, match="conv output does not match cat") as err:
+        check_graph(qg)
+    assert err.value.where == "synapse cb.up2->cat"
+    with pytest.raises(SpikedetError, match="writes channels 5..6 of cat, which has 6"):
+        QuantGraph(qg.T, qg.input, qg.populations, [*qg.synapses[:-1], _shifted(cb, 5)])
+
+
+def _shifted(syn, offset: int):
+    from spikedet.sim.qgraph import QSynapse
+
+    return QSynapse(syn.name, syn.src, syn.dst, syn.weight, syn.stride, syn.padding, 1, 0, offset)

@@ -202,7 +202,7 @@ def test_per_tile_figures_equal_brute_force_and_tile_count_is_minimal(sharing, f
         assert reach[n] == len(cores), n
 
 
-def test_layer_that_cannot_fit_names_layer_and_limit() -> None:
+def test_fan_in_beyond_a_core_is_split_or_refused_naming_layer_and_limit() -> None:
     qg = QuantGraph(
         T=1,
         input=QInput((3, 8, 8), 255),
@@ -212,12 +212,36 @@ def test_layer_that_cannot_fit_names_layer_and_limit() -> None:
             syn("c1", "stem", "stage1.lif", 16, 8, 3, pad=1),
         ],
     )
-    with pytest.raises(SpikedetError) as info:
-        map_graph(qg, make_profile(fan_in_axons=50))
-    assert "layer stage1.lif: one neuron needs 72 fan-in axons, tight allows 50" in info.value.what
-    with pytest.raises(SpikedetError) as info:  # 72 connections x 8 bits = 576 bits > 500
-        map_graph(qg, make_profile(conv_weight_sharing=False, synaptic_memory=500))
-    assert "layer stage1.lif: one neuron needs 576 bits of synaptic memory" in info.value.what
+    # one neuron of stage1.lif reads 8 x 9 = 72 axons > 50: two groups of 4 channels (36 each)
+    lm = map_graph(qg, make_profile(fan_in_axons=50)).layer("stage1.lif")
+    assert [ps.sources for ps in lm.psums] == [{"stem": (0, 4)}, {"stem": (4, 8)}]
+    assert max(ps.fan_in_axons_per_tile for ps in lm.psums) <= 50 and lm.fan_in_parts == 2
+    # |partial sum| <= 4 channels x 9 taps x |w| 1 x D 4 = 144: 9 signed bits
+    assert [ps.bound for ps in lm.psums] == [144, 144] and lm.psums[0].payload_bits == 9
+    with pytest.raises(SpikedetError) as info:  # the fewest groups only (the mapper before #8)
+        map_graph(qg, make_profile(fan_in_axons=50, message_bits=8), search=False)
+    assert "layer stage1.lif: one neuron needs 72 fan-in axons" in info.value.what
+    assert "9-bit graded payloads" in info.value.what and "tight carries 8" in info.value.what
+    # the grouping search tries more groups: 2 channels per group, |partial sum| <= 72: 8 bits
+    lm = map_graph(qg, make_profile(fan_in_axons=50, message_bits=8)).layer("stage1.lif")
+    assert lm.grouping["tried"][0] == [1, None] and len(lm.psums) >= 4
+    assert max(ps.payload_bits for ps in lm.psums) <= 8
+    # refused when no grouping fits: one channel alone sums up to 36 (7 bits); the error is
+    # the fewest-groups one (6-bit input so that the input itself still fits the payload)
+    qg.input.bits = 6
+    with pytest.raises(SpikedetError, match="9-bit graded payloads.*tight carries 6"):
+        map_graph(qg, make_profile(fan_in_axons=50, message_bits=6))
+    qg.input.bits = 8
+    # 72 connections x 8 bits = 576 bits > 500 of memory: also split, 288 bits per group
+    prof = make_profile(conv_weight_sharing=False, synaptic_memory=500)
+    lm = map_graph(qg, prof, search=False).layer("stage1.lif")
+    assert len(lm.psums) == 2 and max(ps.syn_mem_bits_per_tile for ps in lm.psums) <= 500
+    best = map_graph(qg, prof).layer("stage1.lif")  # the search: never more cores
+    assert best.cores <= lm.cores and best.grouping["tried"][0] == [1, lm.cores]
+    # fan-out is not split: one core per neuron, a stem spike reaches the partial sums of its
+    # channel's group: 16 channels x 3 x 3 positions = 144 cores > 3: refused
+    with pytest.raises(SpikedetError, match="layer stem: one neuron's spikes reach 144 cores"):
+        map_graph(qg, make_profile(fan_in_axons=50, neurons_per_core=1, fan_out_cores=3))
 
 
 def test_chips_count() -> None:
@@ -234,10 +258,6 @@ def test_weight_delay_and_message_precision() -> None:
     assert "layer b" in info.value.what and "9 signed bits" in info.value.what
     assert "8-bit weights" in info.value.what
     assert map_graph(qg, make_profile(weight_bits=9)).precision["weight_bits"]["needed"] == 9
-    qg = branchy_graph()
-    qg.synapses[4].delay = 70
-    with pytest.raises(SpikedetError, match="layer c: .*delay of 70 steps.*6-bit delays"):
-        map_graph(qg, make_profile())
     with pytest.raises(SpikedetError, match="8-bit graded input"):
         map_graph(branchy_graph(), load_profile("loihi1"))
     # binary input (1 bit) on a binary-spike core: D=4 spikes cannot be graded, binary works

@@ -72,48 +72,90 @@ class TinyDetector(nn.Module):
         ]
 
 
-def ilif_outputs(model: nn.Module, x: torch.Tensor) -> tuple[list, dict[str, torch.Tensor]]:
-    """Model outputs and every ILIF module's spikes, captured with forward hooks."""
-    captured: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, a, out, name=name: captured.__setitem__(name, out))
-        for name, m in model.named_modules()
-        if isinstance(m, ILIF)
-    ]
+def neuron_io(model: nn.Module, x: torch.Tensor) -> tuple[list, dict, dict]:
+    """Model outputs and every neuron's (I-LIF and EMS LIF) input and spikes, via hooks."""
+    inputs: dict[str, torch.Tensor] = {}
+    spikes: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, ILIF | LIF):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, a, name=name: inputs.__setitem__(name, a[0])))  # fmt: skip
+            hooks.append(m.register_forward_hook(
+                lambda mod, a, out, name=name: spikes.__setitem__(name, out)))  # fmt: skip
     try:
         with torch.no_grad():
             outputs = model(x)
     finally:
         for h in hooks:
             h.remove()
-    return outputs, captured
+    return outputs, inputs, spikes
 
 
-def round_trip(model: nn.Module, x: torch.Tensor, path: Path, imgsz: int | None = None) -> dict:
-    """Export, write, read back and execute; compare with the model; return measurements."""
+def threshold_margin(neuron: nn.Module, x: torch.Tensor) -> float:
+    """Smallest distance of the torch membrane to a firing threshold over all neuron-steps: a
+    float32 export can only flip a spike (different summation order) where this is ~1e-6."""
+    u = s = None
+    margin = float("inf")
+    for x_t in x:
+        if isinstance(neuron, ILIF):
+            u = neuron.alpha * x_t if u is None else neuron.beta * (u - s) + neuron.alpha * x_t
+            s = torch.round(torch.clamp(u, 0, neuron.levels))
+            near = (u - torch.clamp(torch.floor(u), 0, neuron.levels - 1) - 0.5).abs()
+        else:
+            u = x_t if u is None else neuron.beta * u * (1 - s) + x_t
+            s = (u > neuron.threshold).float()
+            near = (u - neuron.threshold).abs()
+        margin = min(margin, near.min().item())
+    return margin
+
+
+def head_pairs(head: dict, outputs: list) -> list[tuple[str, torch.Tensor]]:
+    """(readout role, torch output) for a dfl head ([box, cls] pairs) or an anchor head."""
+    if head["type"] == "dfl":
+        return [
+            (r, o) for roles, outs in zip(head["outputs"], outputs) for r, o in zip(roles, outs)
+        ]
+    return list(zip(head["outputs"], outputs))
+
+
+def round_trip(
+    model: nn.Module, x: torch.Tensor, path: Path | None, imgsz: int | None = None
+) -> dict:
+    """Export, write, read back and execute (``path`` None: execute the in-memory graph);
+    compare every population that maps to torch neurons (split neurons: their parts
+    concatenated) and every head output with the model; return measurements."""
     graph, builder = trace_model(model, imgsz)
-    write_nir(graph, path)
-    loaded = load_nir(path)
-    assert set(loaded.nodes) == set(graph.nodes) and len(loaded.edges) == len(graph.edges)
-    result = NIRExecutor(loaded, device="cpu").run(x)
-    outputs, captured = ilif_outputs(model, x)
-    head = json.loads(loaded.metadata["spikedet.head"])
-    worst = 0.0
-    for (box_role, cls_role), (box, cls) in zip(head["outputs"], outputs):
-        for role, ref in ((box_role, box), (cls_role, cls)):
-            worst = max(worst, (result.readouts[role] - ref).abs().max().item())
-    assert worst <= 1e-5, worst
-    assert set(captured) == set(builder.population_of)
+    if path is not None:
+        write_nir(graph, path)
+        loaded = load_nir(path)
+        assert set(loaded.nodes) == set(graph.nodes) and len(loaded.edges) == len(graph.edges)
+        graph = loaded
+    result = NIRExecutor(graph, device="cpu").run(x)
+    outputs, inputs, captured = neuron_io(model, x)
+    head = json.loads(graph.metadata["spikedet.head"])
+    worst = max(
+        (result.readouts[r] - ref).abs().max().item() for r, ref in head_pairs(head, outputs)
+    )
+    assert set(captured) == set(builder.population_of) | set(builder.split_of)
     assert set(result.spikes) == set(builder.populations)
-    for ilif_name, pop in builder.population_of.items():
-        spikes = result.spikes[pop]
-        assert spikes.dtype == torch.int64 and spikes.shape == captured[ilif_name].shape
-        mismatched = (spikes != captured[ilif_name]).sum().item()
-        assert mismatched == 0, f"{ilif_name} (population {pop}): {mismatched} spikes differ"
-    coverage = parameter_coverage(model, loaded)
-    assert coverage["covered"] and coverage["folded_params"] == coverage["graph_params"]
+    compared = {n: result.spikes[p] for n, p in builder.population_of.items()}
+    compared |= {n: torch.cat([result.spikes[p] for p in parts], 2)
+                 for n, parts in builder.split_of.items()}  # fmt: skip
+    for name, spikes in compared.items():
+        assert spikes.dtype == torch.int64 and spikes.shape == captured[name].shape, name
+        mismatched = (spikes != captured[name]).sum().item()
+        if mismatched:
+            margin = threshold_margin(model.get_submodule(name), inputs[name])
+            raise AssertionError(f"{name}: {mismatched} spikes differ (margin {margin:.2g})")
+    assert worst <= 1e-5, worst
+    coverage = parameter_coverage(model, graph)
+    assert coverage["covered"] and coverage["folded_params"] == coverage["graph_params"], coverage
+    fired = sum((s > 0).sum().item() for s in captured.values())
+    total = sum(s.numel() for s in captured.values())
     levels = {int(v) for s in result.spikes.values() for v in s.unique()}
-    return {"worst": worst, "levels": levels, "graph": loaded, "coverage": coverage}
+    return {"worst": worst, "levels": levels, "graph": graph, "coverage": coverage,
+            "builder": builder, "fired": fired / total}  # fmt: skip
 
 
 def test_fold_conv_bn_matches_eval_convbn():
@@ -146,7 +188,8 @@ def test_round_trip_tiny_detector(tmp_path, T):
     assert out["levels"] == {0, 1, 2, 3, 4}  # every spike level is exercised, not just 0/1
     graph = out["graph"]
     md = graph.metadata
-    assert md["spikedet.format"] == 1 and md["spikedet.model"] == "tiny"
+    assert md["spikedet.format"] == 2 and md["spikedet.model"] == "tiny"
+    assert json.loads(md["spikedet.extensions"]) == []  # nothing beyond §2.1-2.4 is used
     assert md["spikedet.T"] == T and md["dt"] == pytest.approx(1e-4)
     assert md["spikedet.input_scale"] == 255
     head = json.loads(md["spikedet.head"])
@@ -187,6 +230,9 @@ def test_encoding_follows_semantics(tmp_path):
     # Depthwise conv: stored as the exact full conv, block-diagonal, with its grouping noted.
     dw = g.nodes["block1.sep.dw.cb"]
     assert dw.groups == 1 and dw.weight.shape == (8, 8, 3, 3) and tuple(dw.input_shape) == (8, 8)
+    recipe = json.loads(dw.metadata.pop("spikedet.recipe"))  # what parameter_coverage checks
+    assert recipe == {"source": "spikes", "channels": 8,
+                      "steps": [["conv", "block1.sep.dw.cb", 0, 0, 1]]}  # fmt: skip
     assert dw.metadata == {"spikedet.groups": 8, "spikedet.in_channels": 8}
     off_diagonal = dw.weight * (1 - np.eye(8))[:, :, None, None]
     assert not off_diagonal.any() and np.all(np.diagonal(dw.weight, axis1=0, axis2=1) != 0)
@@ -211,6 +257,11 @@ def test_parameter_coverage_detects_changes():
     )
     assert cov["covered"] and cov["folded_params"] == cov["graph_params"] == expected
     assert cov["structural_zeros"] == (8 * 8 - 8) * 9 + (16 * 16 - 16) * 9  # two depthwise convs
+    assert cov["nodes"] == {"direct": 24, "slice": 0, "embedded": 0, "composed": 0, "copies": 0}
+    for node in graph.nodes.values():  # format 1 files: no recipes, nodes named after modules
+        if isinstance(node, nir.Conv2d):
+            del node.metadata["spikedet.recipe"]
+    assert parameter_coverage(model, graph)["graph_params"] == expected
     with torch.no_grad():
         model.block2.conv1.cb.bn.bias[0] += 1.0
     assert not parameter_coverage(model, graph)["covered"]
@@ -219,19 +270,19 @@ def test_parameter_coverage_detects_changes():
     assert not cov["covered"] and cov["folded_params"] == expected + 6
 
 
-class _PoolBlock(nn.Module):
-    def trace(self, g, x):  # noqa: ANN001 - a block that hands the builder a non-ILIF neuron
+class _ReluBlock(nn.Module):
+    def trace(self, g, x):  # noqa: ANN001 - a block that hands the builder a non-spiking neuron
         return g.conv(g.spikes(x, self.lif), self.cb)
 
     def __init__(self, c: int):
         super().__init__()
-        self.lif, self.cb = LIF(), ConvBN(c, c, 3)
+        self.lif, self.cb = nn.ReLU(), ConvBN(c, c, 3)
 
 
 def test_unsupported_modules_raise():
     model = randomize(TinyDetector(), seed=2)
-    model.block1.sep.dw = _PoolBlock(8)  # an EMS LIF on the trace path
-    with pytest.raises(SpikedetError, match="LIF") as err:
+    model.block1.sep.dw = _ReluBlock(8)  # a ReLU where a spiking neuron belongs
+    with pytest.raises(SpikedetError, match="unsupported neuron ReLU") as err:
         export_model(model)
     assert err.value.where == "block1.sep.dw.lif"
     model = randomize(TinyDetector(), seed=2)

@@ -11,17 +11,26 @@ depth-first search from the Input nodes) delivers its source's output of the pre
     I:   v <- v + dt·r·I                               output v
     LIF: LI update, z = [v > v_th], v <- v_reset where z   output z
     IF:  I update,  z = [v > v_th], v <- v_reset where z   output z
-    Threshold: [x > θ] (strict), Scale: s·x, Affine: W·x + b, Linear: W·x, Conv2d, Flatten.
+    Threshold: [x > θ] (strict), Scale: s·x, Affine: W·x + b, Linear: W·x, Conv2d, Flatten,
+    SumPool2d: window sums with zero padding.
 
-States start at 0. Populations (docs/semantics.md §2.2) are the LI nodes with
-``metadata["spikedet.neuron"] == "ilif"``; their spike count is the sum of the Threshold nodes
-they feed. Readouts are the ``I`` nodes: the final value, divided by T when
+spikedet's extension ops (docs/semantics.md §2.8) are SumPool2d nodes marked by
+``metadata["spikedet.op"]``: ``upsample_nearest`` (nearest ×``spikedet.scale``) and ``max_pool``
+(window max of the summed input, padding −∞). A graph must list the ops it uses in
+``spikedet.extensions``; unknown ops or extensions, an op missing from the list, or a
+``spikedet.format`` other than 1 and 2 (1: no §2.5-2.9 constructs) raise ``SpikedetError``.
+
+States start at 0. Populations: I-LIF (§2.2) LI nodes with ``spikedet.neuron == "ilif"`` (spike
+count = sum of the Threshold nodes they feed), EMS LIF (§2.5) LIF nodes with ``"lif"`` (their
+binary output) and max-pooled spikes (§2.7b, Threshold nodes ``M.q{k}`` with ``"maxpool"``,
+summed per ``M``). Readouts are the ``I`` nodes: the final value, divided by T when
 ``metadata["spikedet.readout"] == "mean"`` (§2.4).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikedet.convert.nir_format import check_format, meta_str, pool_spec
 from spikedet.errors import SpikedetError
+from spikedet.nirio import read_graph
 
 _SUPPORTED = (
     nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale, nir.Threshold,
-    nir.LI, nir.I, nir.LIF, nir.IF, nir.Flatten,
+    nir.LI, nir.I, nir.LIF, nir.IF, nir.Flatten, nir.SumPool2d,
 )  # fmt: skip
 
 
@@ -46,7 +57,7 @@ def load_nir(path: str | os.PathLike) -> nir.NIRGraph:
     if not path.is_file():
         raise SpikedetError("NIR file not found", str(path))
     try:
-        graph = nir.read(path, type_check=True)
+        graph = read_graph(path, type_check=True)
     except Exception as err:  # h5py/nir raise many types (OSError, KeyError, ValueError, ...)
         raise SpikedetError(
             f"not a readable NIR graph: {type(err).__name__}: {err}", str(path)
@@ -63,16 +74,6 @@ class ExecResult:
     spikes: dict[str, Tensor]  # population -> integer spike counts [T, B, C, H, W]
     readouts: dict[str, Tensor]  # integrator node -> [B, ...] (final value, / T for "mean")
     node_outputs: dict[str, Tensor] | None = None  # node -> [T, B, ...] when recorded
-
-
-def _meta_str(metadata: dict[str, Any], key: str) -> str | None:
-    value = metadata.get(key) if isinstance(metadata, dict) else None
-    if isinstance(value, bytes):
-        return value.decode("utf8")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value.item()
-        return value.decode("utf8") if isinstance(value, bytes) else str(value)
-    return None if value is None else str(value)
 
 
 class NIRExecutor(nn.Module):
@@ -95,6 +96,7 @@ class NIRExecutor(nn.Module):
                 raise SpikedetError(f"unsupported NIR node type {type(node).__name__}", name)
             self.kinds[name] = type(node).__name__
         metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
+        self.extensions = check_format(graph, metadata)
         self.dt = float(metadata.get("dt", 1e-4))
         self.default_T = int(metadata["spikedet.T"]) if "spikedet.T" in metadata else None
         self.inputs = [n for n in self.names if self.kinds[n] == "Input"]
@@ -116,7 +118,7 @@ class NIRExecutor(nn.Module):
             self._prepare(index, name, graph.nodes[name])
         self.populations = self._find_populations(graph)
         self.readout_means = {
-            n: _meta_str(graph.nodes[n].metadata, "spikedet.readout") == "mean"
+            n: meta_str(graph.nodes[n].metadata, "spikedet.readout") == "mean"
             for n in self.names
             if self.kinds[n] == "I"
         }
@@ -127,9 +129,10 @@ class NIRExecutor(nn.Module):
     def _tensor(self, index: int, node_name: str, field: str, value: Any) -> None:
         """Register a node array as a buffer (so ``.to()`` moves it); names must be dot-free."""
         buffer = f"n{index}_{field}"
-        self.register_buffer(
-            buffer, torch.as_tensor(np.asarray(value, np.float64), dtype=self.dtype)
-        )
+        value = np.asarray(value)
+        # float32 arrays go straight to a float32 buffer (exact); anything else via float64.
+        source = value if value.dtype == np.float32 else value.astype(np.float64)
+        self.register_buffer(buffer, torch.tensor(source, dtype=self.dtype))
         self._buffer_names.setdefault(node_name, {})[field] = buffer
 
     def _prepare(self, index: int, name: str, node: nir.NIRNode) -> None:
@@ -163,20 +166,31 @@ class NIRExecutor(nn.Module):
             self._tensor(index, name, "v_reset", node.v_reset)
         if kind == "Flatten":
             self.static[name] = {"start": int(node.start_dim), "end": int(node.end_dim)}
+        if kind == "SumPool2d":
+            self.static[name] = pool_spec(name, node)
+            if self.static[name]["op"] == "sum":  # ones per channel: exact integer sums
+                self._tensor(index, name, "ones", np.ones((1, 1, *self.static[name]["kernel"])))
 
     def _find_populations(self, graph: nir.NIRGraph) -> dict[str, list[str]]:
-        """I-LIF population name (LI node name without ``.li``) -> the Threshold nodes it feeds."""
+        """Population name -> the nodes whose summed output is its spike count: an I-LIF's
+        Threshold nodes (name = LI node without ``.li``), an EMS LIF node (without ``.lif``),
+        a max-pooled population's ``M.q{k}`` nodes (name ``M``)."""
         pops: dict[str, list[str]] = {}
         for name in self.names:
-            meta = graph.nodes[name].metadata
-            if self.kinds[name] != "LI" or _meta_str(meta, "spikedet.neuron") != "ilif":
-                continue
-            pop = name[: -len(".li")] if name.endswith(".li") else name
-            pops[pop] = [
-                dst for src, dst in graph.edges if src == name and self.kinds[dst] == "Threshold"
-            ]
-            if not pops[pop]:
-                raise SpikedetError("I-LIF population has no Threshold nodes", name)
+            neuron = meta_str(graph.nodes[name].metadata, "spikedet.neuron")
+            kind = self.kinds[name]
+            if kind == "LI" and neuron == "ilif":
+                pop = name[: -len(".li")] if name.endswith(".li") else name
+                pops[pop] = [
+                    d for s, d in graph.edges if s == name and self.kinds[d] == "Threshold"
+                ]
+                if not pops[pop]:
+                    raise SpikedetError("I-LIF population has no Threshold nodes", name)
+            elif kind == "LIF" and neuron == "lif":
+                pops[name[: -len(".lif")] if name.endswith(".lif") else name] = [name]
+            elif kind == "Threshold" and neuron == "maxpool":
+                match = re.fullmatch(r"(.+)\.q\d+", name)
+                pops.setdefault(match.group(1) if match else name, []).append(name)
         return pops
 
     def _p(self, name: str, field: str) -> Tensor:
@@ -268,6 +282,8 @@ class NIRExecutor(nn.Module):
             return x * self._p(name, "scale")
         if kind == "Threshold":
             return (x > self._p(name, "threshold")).to(self.dtype)
+        if kind == "SumPool2d":
+            return self._pool(name, x)
         if kind == "Flatten":
             # NIR dims exclude the batch axis; negative dims count from the end either way.
             start, end = self.static[name]["start"], self.static[name]["end"]
@@ -287,6 +303,23 @@ class NIRExecutor(nn.Module):
         fired = v > self._p(name, "v_threshold")
         state[name] = torch.where(fired, self._p(name, "v_reset").expand_as(v), v)
         return fired.to(self.dtype)
+
+    def _pool(self, name: str, x: Tensor) -> Tensor:
+        """A SumPool2d node: plain sum pooling, or one of the §2.8 extension ops."""
+        st = self.static[name]
+        if st["op"] == "max_pool":
+            return F.max_pool2d(x, st["kernel"], st["stride"], st["padding"])
+        if st["op"] == "upsample_nearest":
+            if tuple(x.shape[-2:]) != tuple(2 * p for p in st["padding"]):
+                raise SpikedetError(
+                    f"upsample_nearest declares padding {st['padding']} for a "
+                    f"{tuple(x.shape[-2:])} input (padding must be H/2, W/2)",
+                    name,
+                )
+            return F.interpolate(x, scale_factor=float(st["scale"]), mode="nearest")
+        channels = x.shape[1]
+        ones = self._p(name, "ones").expand(channels, 1, *st["kernel"])
+        return F.conv2d(x, ones, None, st["stride"], st["padding"], 1, channels)
 
 
 def _pair(value: Any) -> tuple[int, int]:

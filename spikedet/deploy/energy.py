@@ -1,244 +1,54 @@
-"""Activity counting (docs/semantics.md §3.5) and energy per inference on a target profile.
+"""Energy per inference on a target profile, from activity counts and a core mapping.
 
-Counting, from one simulation's integer spikes s ∈ {0..D} ([T, B, C, H, W] per population):
+Counting is ``spikedet.deploy.energy_activity`` (re-exported here). Per layer (a population
+with its incoming synapses, its partial sums when split), per inference (= totals / B):
 
-- messages of P = #{s > 0}; units = Σ s; firing rate = units / (N·T·B) (SpikeYOLO's convention,
-  which includes D); message rate = messages / (N·T·B).
-- real fan-out of a source neuron in conv e = (Cout/groups)·rows(y)·cols(x), where rows(y)
-  counts the output rows whose window covers input row y (zero padding excluded; separable, so
-  it equals convolving an indicator map with an all-ones kernel).
-- synaptic events, graded mode = Σ_{t,b} Σ_{s>0} fan-out; binary mode = Σ_{t,b} Σ s·fan-out
-  (s unit spikes); dense = all real connections x T x B (the ANN-equivalent MACs, NeuroBench's
-  rule). The input synapse is the encoding layer: graded 8-bit values (zeros send nothing) in
-  both modes, counted as MACs by the 45 nm model.
-- neuron updates of P = N·T·B; active = the neuron fired or some source neuron in its
-  receptive field sent a message at that step. Binary mode runs T·Dv virtual steps (Dv = max D
-  of the graph): N·T·Dv·B updates, of which a neuron is active in max(s, m) slots, m = the
-  largest source value in its receptive field (a graded input counts as one slot).
-
-Energy by the target's figures (per inference = totals / B):
 E_dyn = synops·E_synop + active·E_active + inactive·E_inactive + messages·E_message, where
 messages are routed (spike, destination core) pairs from the mapping (a spike reaching k cores
-costs k). Static energy = P_static/chip x chips x step time x hardware steps, with
-graded steps = max depth + T (qg.hw_steps, §3.3) and binary steps = max depth + T·Dv (each
-synapse still adds one step of latency; the T logical steps become T·Dv virtual ones).
+costs k). A max-pool layer's synops are its sum-pool events and its updates count its D
+compartments per neuron. A fan-in split layer (``mapping_split``) adds, per partial-sum
+compartment: one update per step (active when it received input), one graded message to its
+neuron's core whenever it received input (an exact cancellation to 0 still sends: an upper
+bound), and one synop at the neuron per such message; in binary mode per active virtual slot.
+The source events are the same synapses' events, landing on the partial sums instead. A delay
+relay stage (``mapping_delays``, counted in its source's layer) costs one update per step, one
+synop per spike it receives and forwards, and its messages to the next stage and consumers.
+
+Static energy = P_static/chip x chips x step time x hardware steps, with graded steps =
+hardware depth + T and binary steps = hardware depth + T·Dv, where the hardware depth is the
+mapping's (§3.3 over the split graph: one extra step on every path through a split layer).
 Inferences per second = 1 / (steps x step time), one inference at a time (no pipelining).
 The papers' 45 nm estimate: first-layer MACs x E_MAC + spiking ACs x E_AC with ACs = binary
-events (= MACs x fr as the papers define); the equivalent ANN: all dense MACs x E_MAC.
+events of conv synapses (= MACs x fr as the papers define); the equivalent ANN: all dense conv
+MACs x E_MAC. Max-pool synapses and partial sums are not part of the papers' model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from spikedet.deploy.mapping import Mapping, check_geometry, destination_cores
+from spikedet.deploy.energy_activity import (
+    Activity,
+    PopulationActivity,
+    SynapseActivity,
+    active_counts,
+    count_activity,
+)
+from spikedet.deploy.mapping import Mapping, hardware_graph
+from spikedet.deploy.mapping_figures import reach, unit_intervals
+from spikedet.deploy.mapping_geometry import HwGraph
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
-from spikedet.sim.qgraph import QSynapse, QuantGraph
+from spikedet.sim.qgraph import QuantGraph
 
-CHUNK = 4  # samples processed at once when building [T, chunk, C, H, W] indicator maps
+__all__ = [
+    "Activity",
+    "PopulationActivity",
+    "SynapseActivity",
+    "count_activity",
+    "energy_report",
+]
 
-
-@dataclass
-class PopulationActivity:
-    """Counts for one population (or the input), summed over T steps and B samples."""
-
-    name: str
-    kind: str
-    neurons: int
-    messages: int
-    units: int
-    updates: int
-    active: int
-    binary_updates: int
-    binary_active: int
-    message_map: np.ndarray = field(repr=False)  # (C, H, W): #(t, b) with a message
-    unit_map: np.ndarray = field(repr=False)  # (C, H, W): Σ_(t, b) values
-
-    @property
-    def firing_rate(self) -> float:
-        return self.units / self.updates if self.updates else 0.0
-
-    @property
-    def message_rate(self) -> float:
-        return self.messages / self.updates if self.updates else 0.0
-
-
-@dataclass
-class SynapseActivity:
-    """Synaptic events of one conv, summed over T and B; ``dense`` counts every real connection."""
-
-    name: str
-    src: str
-    dst: str
-    encoding: bool
-    events_graded: int
-    events_binary: int
-    dense: int
-    flops_padded: int  # Cout·(Cin/g)·KH·KW·Hout·Wout: the papers' per-step FLOPs, padding included
-
-
-@dataclass
-class Activity:
-    T: int
-    B: int
-    virtual_steps: int  # Dv: binary slots per logical step
-    input: PopulationActivity
-    populations: dict[str, PopulationActivity]
-    synapses: dict[str, SynapseActivity]
-
-    def to_dict(self) -> dict:
-        """Counts without the per-neuron maps, plus firing rates."""
-
-        def pop(a: PopulationActivity) -> dict:
-            keys = ("kind", "neurons", "messages", "units", "updates", "active", "binary_updates")
-            return {**{k: getattr(a, k) for k in keys + ("binary_active",)}, "fr": a.firing_rate}
-
-        syns = {k: {**vars(v)} for k, v in self.synapses.items()}
-        return {
-            "T": self.T, "B": self.B, "virtual_steps": self.virtual_steps,
-            "input": pop(self.input), "populations": {k: pop(v) for k, v in self.populations.items()},
-            "synapses": syns,
-        }  # fmt: skip
-
-
-# ---- geometry helpers ------------------------------------------------------------------------
-def _cover_counts(n_in: int, n_out: int, k: int, stride: int, pad: int) -> np.ndarray:
-    """rows(y): how many output positions' windows cover input position y (padding excluded)."""
-    first = np.arange(n_out, dtype=np.int64) * stride - pad
-    diff = np.zeros(n_in + 1, np.int64)
-    np.add.at(diff, np.clip(first, 0, n_in), 1)
-    np.add.at(diff, np.clip(first + k, 0, n_in), -1)
-    return np.cumsum(diff)[:n_in]
-
-
-def _window_max(x: np.ndarray, axis: int, k: int, stride: int, pad: int, n_out: int) -> np.ndarray:
-    """Max over each conv window along ``axis`` (values >= 0, so zero padding never wins)."""
-    right = max(0, (n_out - 1) * stride + k - pad - x.shape[axis])
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (pad, right)
-    win = sliding_window_view(np.pad(x, widths), k, axis=axis)
-    index = [slice(None)] * win.ndim
-    index[axis] = slice(0, (n_out - 1) * stride + 1, stride)
-    return win[tuple(index)].max(axis=-1)
-
-
-def _received_max(values: np.ndarray, s: QSynapse, out_hw: tuple[int, int]) -> np.ndarray:
-    """[N, Cout, Ho, Wo]: the largest source value in each target neuron's receptive field."""
-    n, cin, _, _ = values.shape
-    g = s.groups
-    per_group = values.reshape(n, g, cin // g, *values.shape[2:]).max(axis=2)
-    for dim in (0, 1):
-        k, st, pad = s.weight.shape[2 + dim], s.stride[dim], s.padding[dim]
-        per_group = _window_max(per_group, 2 + dim, k, st, pad, out_hw[dim])
-    return np.repeat(per_group, s.weight.shape[0] // g, axis=1)
-
-
-def _as_steps(x: np.ndarray, T: int, what: str, shape: tuple) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim == 4:  # a static input, presented at every logical step
-        x = np.broadcast_to(x[None], (T, *x.shape))
-    if x.ndim != 5 or x.shape[0] != T or tuple(x.shape[2:]) != tuple(shape):
-        raise SpikedetError(f"expected [T={T}, B, *{tuple(shape)}], got {x.shape}", what)
-    return x
-
-
-# ---- counting --------------------------------------------------------------------------------
-def _population(name, kind, vals: np.ndarray | None, shape, T, B, v_steps, active, b_active):
-    n = int(np.prod(shape))
-    if vals is None:  # a readout: integrates, never sends
-        msg_map = unit_map = np.zeros(shape, np.int64)
-    else:
-        msg_map = (vals > 0).sum(axis=(0, 1)).astype(np.int64)
-        unit_map = vals.sum(axis=(0, 1)).astype(np.int64)
-    return PopulationActivity(
-        name=name,
-        kind=kind,
-        neurons=n,
-        messages=int(msg_map.sum()),
-        units=int(unit_map.sum()),
-        updates=n * T * B,
-        active=int(active),
-        binary_updates=n * T * v_steps * B,
-        binary_active=int(b_active),
-        message_map=msg_map,
-        unit_map=unit_map,
-    )
-
-
-def _active_counts(qg, pop, sent, own_vals, B, v_steps) -> tuple[int, int]:
-    """(graded active updates, binary active slots) of ``pop``, chunked over the batch."""
-    active = b_active = 0
-    for b0 in range(0, B, CHUNK):
-        b1 = min(B, b0 + CHUNK)
-        recv = np.zeros((qg.T, b1 - b0, *pop.shape), np.int64)
-        for s in qg.incoming(pop.name):
-            src = sent[s.src][:, b0:b1]
-            got = _received_max(src.reshape(-1, *src.shape[2:]), s, pop.shape[1:])
-            np.maximum(recv, got.reshape(recv.shape), out=recv)
-        own = own_vals[:, b0:b1] if own_vals is not None else np.zeros_like(recv)
-        active += int(((recv > 0) | (own > 0)).sum())
-        b_active += int(np.minimum(np.maximum(recv, own), v_steps).sum())
-    return active, b_active
-
-
-def count_activity(qg: QuantGraph, spikes: dict, x_int: np.ndarray | None) -> Activity:
-    """Count messages, units, synaptic events and neuron updates (module docstring).
-
-    ``spikes``: ilif population -> int [T, B, C, H, W]; ``x_int``: [B, C, H, W] (static input
-    presented every step) or [T, B, C, H, W]; None means unknown: every input value is taken as
-    nonzero (the dense upper bound an 8-bit image almost reaches).
-    """
-    check_geometry(qg)
-    T = qg.T
-    ilif = [p for p in qg.populations if p.kind == "ilif"]
-    for p in ilif:
-        if p.name not in spikes:
-            raise SpikedetError("no spikes recorded for this population", f"population {p.name}")
-    maps = {p.name: _as_steps(spikes[p.name], T, f"spikes of {p.name}", p.shape) for p in ilif}
-    if maps:
-        B = next(iter(maps.values())).shape[1]
-    else:
-        B = 1 if x_int is None else int(np.asarray(x_int).shape[-4])
-    if x_int is None:
-        x_sent = np.ones((T, B, *qg.input.shape), np.int64)
-    else:
-        x_sent = (_as_steps(x_int, T, "input x_int", qg.input.shape) != 0).astype(np.int64)
-    if any(m.shape[1] != B for m in maps.values()) or x_sent.shape[1] != B:
-        raise SpikedetError("populations and input disagree on the batch size", "activity")
-    v_steps = max((p.D for p in ilif), default=1)
-    # What each source sends per step: spike values; the graded input counts as one message.
-    sent = {"input": x_sent, **maps}
-    input_act = _population("input", "input", x_sent, qg.input.shape, T, B, 0, 0, 0)
-    pops: dict[str, PopulationActivity] = {}
-    for p in qg.populations:
-        own = maps.get(p.name)
-        active, b_active = _active_counts(qg, p, sent, own, B, v_steps)
-        pops[p.name] = _population(p.name, p.kind, own, p.shape, T, B, v_steps, active, b_active)
-    syns = {}
-    for s in qg.synapses:
-        src_shape, out = qg.src_shape(s.src), qg.pop(s.dst).shape
-        cout, cin_g, kh, kw = s.weight.shape
-        rows = _cover_counts(src_shape[1], out[1], kh, s.stride[0], s.padding[0])
-        cols = _cover_counts(src_shape[2], out[2], kw, s.stride[1], s.padding[1])
-        per_src = cout // s.groups  # output channels that read each source channel
-        src_act = input_act if s.src == "input" else pops[s.src]
-        graded = per_src * int(np.einsum("chw,h,w->", src_act.message_map, rows, cols))
-        binary = per_src * int(np.einsum("chw,h,w->", src_act.unit_map, rows, cols))
-        if s.src == "input":
-            binary = graded  # the encoding layer stays graded in binary mode
-        dense = per_src * src_shape[0] * int(rows.sum()) * int(cols.sum()) * T * B
-        flops = cout * cin_g * kh * kw * out[1] * out[2]
-        syns[s.name] = SynapseActivity(
-            s.name, s.src, s.dst, s.src == "input", graded, binary, dense, flops
-        )
-    return Activity(T, B, v_steps, input_act, pops, syns)
-
-
-# ---- energy ----------------------------------------------------------------------------------
 TARGET_KEYS = (
     "energy.synop",
     "energy.neuron_update_active",
@@ -251,20 +61,59 @@ CMOS_KEYS = ("energy.mac", "energy.ac")
 
 
 def _layer_type(qg: QuantGraph, name: str) -> str:
-    if qg.pop(name).kind == "readout":
-        return "readout"
+    kind = qg.pop(name).kind
+    if kind in ("readout", "maxpool"):
+        return kind
     return "encoding" if any(s.src == "input" for s in qg.incoming(name)) else "spiking"
 
 
-def _routed(qg, mapping, activity, dst) -> tuple[float, float]:
-    """(graded, binary) (spike, destination core) messages into ``dst``'s cores, all samples."""
+def _source_activity(hw: HwGraph, activity: Activity, src: str) -> PopulationActivity:
+    """The activity a source sends: the input, a population, or the one a relay forwards."""
+    if src != "input" and hw.pop(src).kind == "relay":
+        src = hw.pop(src).carries
+    return activity.input if src == "input" else activity.populations[src]
+
+
+def _layer_tiles(mapping: Mapping, layer: str) -> dict[str, tuple[int, int, int]]:
+    lm = mapping.layer(layer)
+    return {layer: lm.tile_shape, **{x.name: x.tile_shape for x in [*lm.psums, *lm.relays]}}
+
+
+def _routed(hw: HwGraph, mapping: Mapping, activity: Activity, layer: str) -> tuple[int, int]:
+    """(graded, binary) (spike, destination core) messages into ``layer``'s cores (neurons,
+    partial sums and relays), all samples; partial sums' own messages are counted by _aux."""
     graded = binary = 0
-    for src in dict.fromkeys(s.src for s in qg.incoming(dst)):
-        reach = destination_cores(qg, mapping, src, dst)
-        act = activity.input if src == "input" else activity.populations[src]
-        graded += int((act.message_map * reach).sum())
-        binary += int(((act.message_map if src == "input" else act.unit_map) * reach).sum())
+    for name, tile in _layer_tiles(mapping, layer).items():
+        for src in dict.fromkeys(e.src for e in hw.incoming(name)):
+            if src != "input" and hw.pop(src).kind == "psum":
+                continue
+            cores = reach(hw, src, unit_intervals(hw.shape(src)), {name: tile})
+            act = _source_activity(hw, activity, src)
+            units = act.message_map if act.name == "input" else act.unit_map
+            graded += int((act.message_map * cores).sum())
+            binary += int((units * cores).sum())
     return graded, binary
+
+
+def _aux(hw: HwGraph, activity: Activity, sent: dict, layer: str) -> dict[str, int]:
+    """Partial-sum and relay compartments of a layer: updates and active ones. Each active step
+    (binary: slot) of either is one synop (a partial sum at its neuron, a relay at itself); a
+    partial sum's message goes to one core, so its active count is also its routed messages."""
+    out = dict.fromkeys(("updates", "active", "binary_updates", "binary_active", "psum"), 0)
+    out["psum_binary"] = 0
+    T, B, dv = activity.T, activity.B, activity.virtual_steps
+    for p in hw.of_layer(layer):
+        if p.kind not in ("psum", "relay"):
+            continue
+        active, b_active = active_counts(hw, p.name, sent, None, dv)
+        out["updates"] += p.size * T * B
+        out["binary_updates"] += p.size * T * dv * B
+        out["active"] += active
+        out["binary_active"] += b_active
+        if p.kind == "psum":
+            out["psum"] += active
+            out["psum_binary"] += b_active
+    return out
 
 
 def _dynamic(profile: HardwareProfile, synops, active, updates, messages) -> dict:
@@ -277,6 +126,56 @@ def _dynamic(profile: HardwareProfile, synops, active, updates, messages) -> dic
     return {"total_pj": sum(parts.values()), **parts}
 
 
+def _layer(qg, hw, mapping, activity, sent, profile, name) -> dict:
+    """One layer's resources, activity and dynamic energy per inference."""
+    B, p = activity.B, qg.pop(name)
+    lm, act = mapping.layer(name), activity.populations[name]
+    names = [s.name for s in qg.incoming(name)] + ([f"{name}.pool"] if p.kind == "maxpool" else [])
+    syns = [activity.synapses[n] for n in names]
+    srcs = [
+        activity.input if src == "input" else activity.populations[src]
+        for src in dict.fromkeys(s.src for s in syns)  # a source feeding twice counts once
+    ]
+    routed_g, routed_b = _routed(hw, mapping, activity, name)
+    ps = _aux(hw, activity, sent, name)
+    tilings = [lm, *lm.psums, *lm.relays]
+    syn_g = sum(s.events_graded for s in syns) + ps["active"]
+    syn_b = sum(s.events_binary for s in syns) + ps["binary_active"]
+    upd_g, act_g = act.updates + ps["updates"], act.active + ps["active"]
+    upd_b, act_b = (
+        act.binary_updates + ps["binary_updates"],
+        act.binary_active + ps["binary_active"],
+    )
+    routed_g, routed_b = routed_g + ps["psum"], routed_b + ps["psum_binary"]
+    graded = _dynamic(profile, syn_g / B, act_g / B, upd_g / B, routed_g / B)
+    binary = _dynamic(profile, syn_b / B, act_b / B, upd_b / B, routed_b / B)
+    return {
+        "name": name, "type": _layer_type(qg, name), "shape": list(p.shape), "neurons": p.size,
+        "compartments": lm.compartments, "D": p.D, "depth": p.depth, "hw_depth": lm.depth,
+        "cores": lm.cores, "tile_shape": list(lm.tile_shape),
+        "syn_mem_bits_per_core": max(x.syn_mem_bits_per_tile for x in tilings),
+        "syn_mem_bits_total": sum(x.syn_mem_bits_total for x in tilings),
+        "fan_in_axons": max(x.fan_in_axons_per_tile for x in tilings),
+        "fan_out_cores": lm.fan_out_cores,
+        "fan_in_parts": lm.fan_in_parts, "psum_cores": sum(x.tiles for x in lm.psums),
+        "extra_steps": lm.extra_steps,
+        "psum_payload_bits": max([x.payload_bits for x in lm.psums], default=0),
+        "psum_messages_graded": ps["psum"] / B, "psum_messages_binary": ps["psum_binary"] / B,
+        "relay_cores": sum(x.tiles for x in lm.relays),
+        "aux_updates": ps["updates"] / B,
+        "spikes_in_messages": sum(a.messages for a in srcs) / B,
+        "spikes_in_units": sum(a.units for a in srcs) / B,
+        "spikes_out_messages": act.messages / B, "spikes_out_units": act.units / B,
+        "firing_rate": act.firing_rate, "message_rate": act.message_rate,
+        "synops_graded": syn_g / B, "synops_binary": syn_b / B,
+        "dense_macs": sum(s.dense for s in syns if s.kind == "conv") / B,
+        "neuron_updates": upd_g / B, "active_updates": act_g / B,
+        "binary_updates": upd_b / B, "binary_active_updates": act_b / B,
+        "routed_messages_graded": routed_g / B, "routed_messages_binary": routed_b / B,
+        "energy_graded": graded, "energy_binary": binary,
+    }  # fmt: skip
+
+
 def energy_report(
     qg: QuantGraph,
     mapping: Mapping,
@@ -287,59 +186,24 @@ def energy_report(
     """Per-layer and total resources, activity and energy per inference (layout: report.py)."""
     if profile.kind != "neuromorphic" or cmos.kind != "cmos":
         raise SpikedetError("need a neuromorphic target and a cmos profile", "energy report")
-    B = activity.B
-    layers, sums = [], {"graded": np.zeros(4), "binary": np.zeros(4)}
-    for p in qg.populations:
-        lm, act = mapping.layer(p.name), activity.populations[p.name]
-        syns = [activity.synapses[s.name] for s in qg.incoming(p.name)]
-        srcs = [
-            activity.input if src == "input" else activity.populations[src]
-            for src in dict.fromkeys(s.src for s in syns)  # a source feeding twice counts once
-        ]
-        routed_g, routed_b = _routed(qg, mapping, activity, p.name)
-        syn_g = sum(s.events_graded for s in syns)
-        syn_b = sum(s.events_binary for s in syns)
-        graded = _dynamic(profile, syn_g / B, act.active / B, act.updates / B, routed_g / B)
-        binary = _dynamic(
-            profile, syn_b / B, act.binary_active / B, act.binary_updates / B, routed_b / B
+    hw = hardware_graph(qg, mapping)
+    sent = dict(activity.sent)  # relays send what they carry
+    sent.update({p.name: sent[p.carries] for p in hw.pops if p.kind == "relay"})
+    layers = [_layer(qg, hw, mapping, activity, sent, profile, p.name) for p in qg.populations]
+    sums = {
+        mode: np.sum(
+            [
+                [ly[f"synops_{mode}"], ly[f"routed_messages_{mode}"], ly[upd], ly[f"energy_{mode}"]["total_pj"]]
+                for ly in layers
+            ],
+            axis=0,
         )
-        sums["graded"] += (syn_g / B, routed_g / B, act.updates / B, graded["total_pj"])
-        sums["binary"] += (syn_b / B, routed_b / B, act.binary_updates / B, binary["total_pj"])
-        layers.append(
-            {
-                "name": p.name,
-                "type": _layer_type(qg, p.name),
-                "shape": list(p.shape),
-                "neurons": p.size,
-                "D": p.D,
-                "depth": p.depth,
-                "cores": lm.tiles,
-                "tile_shape": list(lm.tile_shape),
-                "syn_mem_bits_per_core": lm.syn_mem_bits_per_tile,
-                "syn_mem_bits_total": lm.syn_mem_bits_total,
-                "fan_in_axons": lm.fan_in_axons_per_tile,
-                "fan_out_cores": lm.fan_out_cores,
-                "spikes_in_messages": sum(a.messages for a in srcs) / B,
-                "spikes_in_units": sum(a.units for a in srcs) / B,
-                "spikes_out_messages": act.messages / B,
-                "spikes_out_units": act.units / B,
-                "firing_rate": act.firing_rate,
-                "message_rate": act.message_rate,
-                "synops_graded": syn_g / B,
-                "synops_binary": syn_b / B,
-                "dense_macs": sum(s.dense for s in syns) / B,
-                "neuron_updates": act.updates / B,
-                "active_updates": act.active / B,
-                "binary_updates": act.binary_updates / B,
-                "binary_active_updates": act.binary_active / B,
-                "routed_messages_graded": routed_g / B,
-                "routed_messages_binary": routed_b / B,
-                "energy_graded": graded,
-                "energy_binary": binary,
-            }
-        )
-    max_depth = max(p.depth for p in qg.populations)
-    steps = {"graded": qg.hw_steps, "binary": max_depth + qg.T * activity.virtual_steps}
+        for mode, upd in (("graded", "neuron_updates"), ("binary", "binary_updates"))
+    }  # fmt: skip
+    steps = {
+        "graded": mapping.hw_depth + qg.T,
+        "binary": mapping.hw_depth + qg.T * activity.virtual_steps,
+    }
     modes = {}
     for mode in ("graded", "binary"):
         synops, messages, updates, dyn = (float(v) for v in sums[mode])
@@ -377,11 +241,16 @@ def energy_report(
         "totals": {
             "mode": default,
             "T": qg.T,
-            "samples": B,
+            "samples": activity.B,
             "neurons": sum(p.size for p in qg.populations),
+            "compartments": sum(ly["compartments"] for ly in layers),
             "cores": mapping.cores,
             "chips": mapping.chips,
-            "synaptic_memory_bits": sum(lm.syn_mem_bits_total for lm in mapping.layers),
+            "synaptic_memory_bits": sum(ly["syn_mem_bits_total"] for ly in layers),
+            "split_layers": len(mapping.split_layers),
+            "psum_cores": sum(ly["psum_cores"] for ly in layers),
+            "relay_cores": sum(ly["relay_cores"] for ly in layers),
+            "extra_latency_steps": mapping.hw_depth - mapping.logical_depth,
             **{k: v for k, v in modes[default].items() if k not in ("supported", "reason")},
         },
         "cmos45nm": cmos_part,
@@ -391,9 +260,9 @@ def energy_report(
 
 
 def _cmos45(qg: QuantGraph, activity: Activity, cmos: HardwareProfile, target_pj: float) -> dict:
-    """The papers' 45 nm estimate and the equivalent ANN, per inference."""
+    """The papers' 45 nm estimate and the equivalent ANN, per inference (conv synapses only)."""
     B, T = activity.B, qg.T
-    syns = activity.synapses.values()
+    syns = [s for s in activity.synapses.values() if s.kind == "conv"]
     macs = sum(s.dense for s in syns if s.encoding) / B
     acs = sum(s.events_binary for s in syns if not s.encoding) / B
     ann_macs = sum(s.dense for s in syns) / B

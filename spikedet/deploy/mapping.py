@@ -1,71 +1,172 @@
 """Partition every population of a QuantGraph into core-sized tiles (the hardware profile's limits).
 
-A tile is a box of a population's (C, H, W) neurons: ``c_t`` output channels x ``h_t`` rows x
-``w_t`` columns; a population of shape (C, H, W) uses ceil(C/c_t)·ceil(H/h_t)·ceil(W/w_t) cores,
-placed on consecutive core ids in topological order; chips = ceil(cores / cores_per_chip).
-Per core, for the worst tile of the grid (all counted exactly, per tile, arithmetically):
+The graph is first seen as hardware populations and edges (``mapping_geometry``): conv synapses
+with their ``out_offset`` and ``upsample`` wiring, max-pool populations as D threshold
+compartments per neuron on a sum-pool edge of weight 1 (docs/semantics.md §2.7b, §3.2), LIF
+populations as D = 1 neurons, and the extra populations below.
 
-- neurons: c_t·h_t·w_t <= neurons_per_core;
-- synaptic memory (bits), summed over the incoming synapses e of the population:
-  with conv weight sharing, the kernel slice of the tile's output channels,
-  Cout_tile·(Cin/groups)·KH·KW·weight_bits; without it, one entry per real connection,
-  Σ_{tile neurons} (real fan-in, zero padding excluded)·weight_bits. Neuron state (u, previous
-  spike, bias) is not charged to synaptic memory: Loihi keeps compartment state in a separate
-  per-core memory, bounded here by neurons_per_core;
-- fan-in axons: distinct source neurons whose spikes reach the tile: per incoming synapse the
-  box (source channels read) x (receptive rows, clipped) x (receptive columns, clipped); boxes of
-  synapses sharing a source are united exactly (inclusion-exclusion), different sources add
-  (the graph input counts as a source: its values arrive on input axons too);
-- fan-out: distinct destination cores the tile's spikes reach, over all outgoing synapses
-  (boxes into the same destination population united exactly).
+Fan-in splitting (``mapping_split``). When one neuron of a layer needs more fan-in axons F (or
+more synaptic memory) than a core has, its input synapses are divided by input channel into
+groups, each a partial-sum population ``P/psum<k>`` (one compartment per neuron, on its own
+cores) that sends its exact integer sum as one graded message to the neuron's core (one axon
+per group). Destination channel ranges fed by different synapses (concatenations) are split
+separately, and ranges that fit stay direct. The integer results do not change; the split adds
+one hardware step, and §3.3 delays re-align the other paths. A layer is refused, naming it and
+the limit, only when even one input channel cannot fit a core, or when no grouping's partial
+sums fit the graded payload.
 
-Tile search: the candidate sizes along an axis of length N are ceil(N/n), n = 1..N (the smallest
-tile for each tile count). Among all candidate (c_t, h_t, w_t) the fewest tiles wins; ties prefer
-splitting output channels first, then rows, then columns (i.e. larger w_t, then h_t). Upper and
-lower bounds for every candidate are computed vectorized; only candidates the bounds cannot
-decide are evaluated exactly on their tile grid. Destinations are tiled before their sources
-(reverse topological order), so fan-out is exact when a source is tiled; fan-out is checked but
-not optimized jointly (a destination's tiling ignores its sources' fan-out).
+Choice of the grouping (deterministic). The fewest groups g0 (about ceil(F / limit)) is rarely
+the cheapest: a partial-sum core of a big group holds few compartments, because its fan-in and
+kernel memory grow with the group. For every split layer the mapper therefore evaluates the
+group multipliers m = 1, 2, 4, ... (min(input channels, m x g0) groups per class, down to one
+input channel per group) and keeps the m with the fewest cores of that layer, partial-sum cores
+plus neuron cores, both tiled exactly as below (ties: the smaller m, fewer messages). It stops
+early once the lower bound Σ_groups ceil(N_class / neurons_per_core) + ceil(axons into the
+neurons / fan_in_axons), which grows with m, reaches the best count. The choice is made in the
+tiling pass, when the layer's destinations are tiled, so the neuron's fan-out is exact; the
+cost of its sources' fan-out is not part of it. A layer that fits unsplit is split as well
+when its best grouping (m >= 2, g0 = 1, estimated without the neuron's fan-out limit) needs at
+most 1 / OPTIONAL_SPLIT_GAIN of its unsplit cores: at least half the cores for one more step of
+latency. ``map_graph(search=False)`` maps every needed split with its fewest groups and splits
+nothing else; ``group_multipliers`` fixes m per layer (for comparisons). Each split layer's
+``grouping`` records the candidates tried and their cores.
 
-Precision checks: max |weight| fits ``weight_bits`` (signed), delays fit ``delay_bits``, the
-24-bit state and 12-bit decays of docs/semantics.md §3 fit the profile, and the 8-bit graded
-input fits the message payload. Graded deployment (§3.4) also needs ceil(log2(D+1)) payload
-bits; binary deployment needs one. A layer that cannot fit or a precision violation raises
-SpikedetError naming the layer and the limit.
+A tile is a box of a population's (C, H, W) neurons: ``c_t`` channels x ``h_t`` rows x ``w_t``
+columns; a population uses ceil(C/c_t)·ceil(H/h_t)·ceil(W/w_t) cores, placed on consecutive core
+ids in topological order (a layer's partial sums, its neurons, then relays of its spikes); chips =
+ceil(cores / cores_per_chip). Per core, for the worst tile of the grid (exact, see
+``mapping_figures``):
+
+- neurons: compartments (c_t·h_t·w_t, x D for max-pool) <= neurons_per_core;
+- synaptic memory (bits), summed over incoming edges: with conv weight sharing, the kernel slice
+  of the tile's channels (weights x KH·KW x weight_bits, once per core that needs it, also for
+  upsampled synapses); without it, one entry per real connection (zero padding excluded; an
+  upsampled synapse connects each of the f² copies). Neuron state is not charged to synaptic
+  memory: Loihi keeps compartment state in a separate per-core memory;
+- fan-in axons: distinct source neurons whose spikes reach the tile: per edge the box (source
+  channels read) x (receptive rows, clipped) x (receptive columns, clipped); boxes of edges
+  sharing a source are united exactly (inclusion-exclusion), different sources add (the input
+  counts as a source; a partial sum is one axon);
+- fan-out: distinct destination cores the tile's spikes reach, over all outgoing edges.
+
+Tile search: the candidate sizes along an axis of length N are ceil(N/n), n = 1..N. Memory,
+fan-in and fan-out of every candidate (c_t, h_t, w_t) are computed exactly in one vectorized
+pass (destinations are tiled before their sources, reverse topological order, so fan-out is
+exact); among the candidates within every limit the fewest tiles wins; ties prefer splitting
+channels first, then rows, then columns.
+
+Time: every edge is one hardware step; hardware depths are recomputed over the split graph (a
+split layer is one step deeper than its logical depth, and so is everything after it). A delay
+longer than ``delay_bits`` allows is realized by relay stages of its source (``mapping_delays``;
+exact, counted as cores and activity of the source's layer), so delays never refuse a graph.
+Depths and relays depend on which layers are split, not on their grouping.
+Precision (``mapping_precision``): max |weight| fits ``weight_bits``, the 24-bit state and
+12-bit decays of §3 fit the profile, the 8-bit graded input fits the payload; graded deployment
+(§3.4) also needs ceil(log2(D+1)) payload bits (D = 1 for LIF), binary deployment one.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 
 import numpy as np
 
+from spikedet.deploy.mapping_delays import apply_relays, delay_figures
+from spikedet.deploy.mapping_figures import (
+    best_tile,
+    reach,
+    tile_count,
+    tile_fanout,
+    unit_intervals,
+)
+from spikedet.deploy.mapping_geometry import HwGraph, HwPop, check_geometry, hardware_view
+from spikedet.deploy.mapping_precision import check_precision
+from spikedet.deploy.mapping_split import (
+    LayerSplit,
+    PsumPlan,
+    analyse_split,
+    apply_splits,
+    class_groups,
+    collapse_psums,
+    layer_plans,
+    local_graph,
+    multipliers,
+    psum_signature,
+    replace_layer,
+)
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
-from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QSynapse, QuantGraph
+from spikedet.sim.qgraph import QuantGraph
 
-Interval = tuple[np.ndarray, np.ndarray]  # [lo, hi) per tile along one axis
+__all__ = [
+    "OPTIONAL_SPLIT_GAIN",
+    "LayerMapping",
+    "Mapping",
+    "PsumMapping",
+    "RelayMapping",
+    "check_geometry",
+    "destination_cores",
+    "hardware_graph",
+    "map_graph",
+]
+
+OPTIONAL_SPLIT_GAIN = 2  # a layer that fits unsplit is split only for at least 2x fewer cores
 
 
 @dataclass
-class LayerMapping:
-    """How one population sits on cores (per-tile figures are the worst tile's)."""
+class Tiling:
+    """One hardware population on cores (per-tile figures are the worst tile's)."""
 
-    name: str
-    kind: str
-    shape: tuple[int, int, int]
-    neurons: int
     tiles: int
     tile_shape: tuple[int, int, int]
     splits: tuple[int, int, int]
-    neurons_per_tile: int
+    neurons_per_tile: int  # compartments
     syn_mem_bits_per_tile: int
     syn_mem_bits_total: int
     fan_in_axons_per_tile: int
     fan_out_cores: int
     core_ids: tuple[int, int]  # [first, stop)
+
+
+@dataclass
+class PsumMapping(Tiling):
+    """A partial-sum population of a split layer (``mapping_split``)."""
+
+    name: str = ""
+    dst_channels: tuple[int, int] = (0, 0)
+    sources: dict = field(default_factory=dict)  # source -> [lo, hi) channels summed
+    bound: int = 0
+    payload_bits: int = 0
+
+
+@dataclass
+class RelayMapping(Tiling):
+    """A delay relay stage (``mapping_delays``): ``source``'s spikes, ``stage`` x (L + 1) steps
+    later."""
+
+    name: str = ""
+    source: str = ""
+    stage: int = 0
+
+
+@dataclass
+class LayerMapping(Tiling):
+    """How one population sits on cores; ``tiles`` are its neuron cores, ``cores`` all of them
+    (partial sums and relays of its spikes included), ``neurons`` logical neurons,
+    ``compartments`` hardware ones (x D for max-pool; partial sums and relays not included)."""
+
+    name: str = ""
+    kind: str = ""
+    shape: tuple[int, int, int] = (0, 0, 0)
+    neurons: int = 0
+    compartments: int = 0
+    cores: int = 0
+    depth: int = 0  # hardware depth (§3.3 over the split graph)
+    fan_in_parts: int = 1  # most partial sums one neuron receives (1: not split)
+    grouping: dict = field(default_factory=dict)  # split layers: the grouping search (module doc)
+    extra_steps: int = 0  # hardware steps the split adds before this layer's neurons
+    psums: list[PsumMapping] = field(default_factory=list)
+    relays: list[RelayMapping] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +180,10 @@ class Mapping:
     modes: dict[str, dict] = field(default_factory=dict)
     precision: dict = field(default_factory=dict)
     limits: dict = field(default_factory=dict)
+    hw_depth: int = 0  # max hardware depth: a run lasts hw_depth + T (graded) steps
+    logical_depth: int = 0  # max depth of the QuantGraph (§3.3)
+    split_layers: list[str] = field(default_factory=list)
+    relay_stages: int = 0
 
     def layer(self, name: str) -> LayerMapping:
         for lm in self.layers:
@@ -90,332 +195,273 @@ class Mapping:
         return asdict(self)
 
 
-# ---- geometry --------------------------------------------------------------------------------
-def _tiles_along(n: int, t: int) -> Interval:
-    starts = np.arange(0, n, t, dtype=np.int64)
-    return starts, np.minimum(starts + t, n)
-
-
-def _sizes(n: int) -> np.ndarray:
-    """Candidate tile sizes ceil(n/k), k = 1..n, largest first (the smallest per tile count)."""
-    k = np.arange(1, n + 1, dtype=np.int64)
-    return np.unique(-(-n // k))[::-1]
-
-
-def _axis(s: QSynapse, qg: QuantGraph, dim: int) -> tuple[int, int, int, int]:
-    """(n_in, k, stride, pad) of spatial dim 0 (rows) or 1 (cols)."""
-    return qg.src_shape(s.src)[1 + dim], s.weight.shape[2 + dim], s.stride[dim], s.padding[dim]
-
-
-def _rf(s: QSynapse, qg: QuantGraph, dim: int, iv: Interval) -> Interval:
-    """Source rows/cols [lo, hi) read by output positions [start, stop), zero padding clipped."""
-    n_in, k, st, pad = _axis(s, qg, dim)
-    lo = np.clip(iv[0] * st - pad, 0, n_in)
-    hi = np.clip((iv[1] - 1) * st - pad + k, 0, n_in)
-    return lo, np.maximum(hi, lo)
-
-
-def _rf_channels(s: QSynapse, qg: QuantGraph, iv: Interval) -> Interval:
-    """Source channels read by output channels [start, stop) (whole groups)."""
-    out_per_group = s.weight.shape[0] // s.groups
-    in_per_group = s.weight.shape[1]
-    return (iv[0] // out_per_group) * in_per_group, (
-        (iv[1] - 1) // out_per_group + 1
-    ) * in_per_group
-
-
-def _conn_sum(s: QSynapse, qg: QuantGraph, dim: int, iv: Interval) -> np.ndarray:
-    """Σ over output positions in [start, stop) of the kernel taps that land inside the input."""
-    n_in, k, st, pad = _axis(s, qg, dim)
-    n_out = qg.pop(s.dst).shape[1 + dim]
-    first = np.arange(n_out, dtype=np.int64) * st - pad
-    valid = np.clip(np.minimum(first + k, n_in) - np.maximum(first, 0), 0, None)
-    cum = np.concatenate([[0], np.cumsum(valid)])
-    return cum[iv[1]] - cum[iv[0]]
-
-
-def check_geometry(qg: QuantGraph) -> None:
-    """Every conv's output shape must equal its target population's shape (dilation 1)."""
-    for s in qg.synapses:
-        cin = qg.src_shape(s.src)[0]
-        cout, cin_g, kh, kw = s.weight.shape
-        dst = qg.pop(s.dst).shape
-        out = tuple(
-            (qg.src_shape(s.src)[1 + d] + 2 * s.padding[d] - (kh, kw)[d]) // s.stride[d] + 1
-            for d in (0, 1)
-        )
-        if cin_g * s.groups != cin or (cout, *out) != tuple(dst):
-            raise SpikedetError(
-                f"conv maps {(cin, *qg.src_shape(s.src)[1:])} to {(cout, *out)} with groups "
-                f"{s.groups}, but its source/target shapes are {qg.src_shape(s.src)} -> {dst}",
-                f"synapse {s.name}",
-            )
-
-
-# ---- exact per-tile figures ------------------------------------------------------------------
-def _box_union(boxes: list[tuple[Interval, Interval, Interval]]) -> np.ndarray:
-    """|∪ boxes| on the tile grid by inclusion-exclusion; a box is per-axis [lo, hi) arrays."""
-    total = np.zeros((len(boxes[0][0][0]), len(boxes[0][1][0]), len(boxes[0][2][0])), np.int64)
-    for r in range(1, len(boxes) + 1):
-        for subset in combinations(boxes, r):
-            lens = []
-            for ax in range(3):
-                lo = np.max([b[ax][0] for b in subset], axis=0)
-                hi = np.min([b[ax][1] for b in subset], axis=0)
-                lens.append(np.clip(hi - lo, 0, None))
-            total += (-1) ** (r + 1) * np.einsum("i,j,k->ijk", *lens)
-    return total
-
-
-def _grid_figures(qg, name, tile, weight_bits, sharing):
-    """(neurons, syn_mem_bits, fan_in_axons) arrays over the tile grid of population ``name``."""
-    shape = qg.pop(name).shape
-    ivs = [_tiles_along(n, t) for n, t in zip(shape, tile)]
-    lens = [iv[1] - iv[0] for iv in ivs]
-    neurons = np.einsum("i,j,k->ijk", *lens)
-    mem = np.zeros_like(neurons)
-    by_src: dict[str, list] = {}
-    for s in qg.incoming(name):
-        cin_g, kh, kw = s.weight.shape[1:]
-        if sharing:
-            mem += (lens[0] * cin_g * kh * kw * weight_bits)[:, None, None]
-        else:
-            rows, cols = _conn_sum(s, qg, 0, ivs[1]), _conn_sum(s, qg, 1, ivs[2])
-            mem += np.einsum("i,j,k->ijk", lens[0] * cin_g * weight_bits, rows, cols)
-        box = (_rf_channels(s, qg, ivs[0]), _rf(s, qg, 0, ivs[1]), _rf(s, qg, 1, ivs[2]))
-        by_src.setdefault(s.src, []).append(box)
-    fan_in = np.zeros_like(neurons)
-    for boxes in by_src.values():
-        fan_in += _box_union(boxes)
-    return neurons, mem, fan_in
-
-
-def _reach(qg, src_ivs, dst_tiles: dict[str, tuple[int, int, int]], src: str) -> np.ndarray:
-    """Distinct destination cores reached from each source box (src_ivs: per-axis intervals)."""
-    total = np.zeros(tuple(len(iv[0]) for iv in src_ivs), np.int64)
-    by_dst: dict[str, list] = {}
-    for s in qg.synapses:
-        if s.src != src or s.dst not in dst_tiles:
-            continue
-        d_ivs = [_tiles_along(n, t) for n, t in zip(qg.pop(s.dst).shape, dst_tiles[s.dst])]
-        rfs = (_rf_channels(s, qg, d_ivs[0]), _rf(s, qg, 0, d_ivs[1]), _rf(s, qg, 1, d_ivs[2]))
-        # hit[ax][i, j]: source box i overlaps the receptive interval of destination tile j
-        hit = [
-            (
-                np.minimum(src_ivs[ax][1][:, None], rfs[ax][1][None])
-                > np.maximum(src_ivs[ax][0][:, None], rfs[ax][0][None])
-            )
-            for ax in range(3)
+# ---- the whole graph -------------------------------------------------------------------------
+def hardware_graph(qg: QuantGraph, mapping: Mapping) -> HwGraph:
+    """The hardware view ``mapping`` was made on (its fan-in splits applied)."""
+    cached = getattr(mapping, "_hw", None)
+    if cached is not None and cached[0] is qg:
+        return cached[1]
+    plans = {
+        lm.name: [
+            PsumPlan(
+                ps.name,
+                lm.name,
+                tuple(ps.dst_channels),
+                {k: tuple(v) for k, v in ps.sources.items()},
+                ps.bound,
+                ps.payload_bits,
+            )  # fmt: skip
+            for ps in lm.psums
         ]
-        by_dst.setdefault(s.dst, []).append(hit)
-    for hits in by_dst.values():
-        for r in range(1, len(hits) + 1):
-            for subset in combinations(hits, r):
-                counts = [np.logical_and.reduce([h[ax] for h in subset]).sum(1) for ax in range(3)]
-                total += (-1) ** (r + 1) * np.einsum("i,j,k->ijk", *counts)
-    return total
-
-
-def _unit_intervals(shape: tuple[int, ...]) -> list[Interval]:
-    return [(np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64)) for n in shape]
+        for lm in mapping.layers
+        if lm.psums
+    }
+    limit = int(mapping.limits["delay_steps"])
+    hw = apply_relays(apply_splits(hardware_view(qg), plans), limit)[0]
+    mapping._hw = (qg, hw)  # type: ignore[attr-defined]  # not a field: never serialized
+    return hw
 
 
 def destination_cores(
     qg: QuantGraph, mapping: Mapping, src: str, dst: str | None = None
 ) -> np.ndarray:
-    """Per source neuron (C, H, W): how many distinct cores (of ``dst``, or of all) it reaches.
-
-    ``src`` is a population or ``"input"``; one spike is one message per destination core.
-    """
-    tiles = {lm.name: lm.tile_shape for lm in mapping.layers if dst is None or lm.name == dst}
-    return _reach(qg, _unit_intervals(qg.src_shape(src)), tiles, src)
-
-
-# ---- precision -------------------------------------------------------------------------------
-def _check_precision(qg: QuantGraph, profile: HardwareProfile) -> tuple[dict, dict]:
-    where = f"{profile.name} mapping"
-    wb, db = profile.weight_bits, profile.delay_bits
-    w_need, d_need = 0, 0
-    for s in qg.synapses:
-        wmax = int(np.abs(s.weight).max()) if s.weight.size else 0
-        need = wmax.bit_length() + 1
-        w_need = max(w_need, need)
-        if need > wb:
-            raise SpikedetError(
-                f"layer {s.dst}: synapse {s.name} has max |weight| {wmax}, which needs {need} "
-                f"signed bits; {profile.name} allows {wb}-bit weights",
-                where,
-            )
-        d_need = max(d_need, s.delay)
-        if s.delay > (1 << db) - 1:
-            raise SpikedetError(
-                f"layer {s.dst}: synapse {s.name} needs a delay of {s.delay} steps; "
-                f"{profile.name} has {db}-bit delays (max {(1 << db) - 1})",
-                where,
-            )
-    if profile.state_bits < STATE_BITS:
-        raise SpikedetError(
-            f"the integer model needs {STATE_BITS}-bit neuron state; "
-            f"{profile.name} has {profile.state_bits}",
-            where,
-        )
-    decaying = [p.name for p in qg.populations if p.dv]
-    if decaying and profile.decay_bits < DECAY_BITS:
-        raise SpikedetError(
-            f"layer {decaying[0]}: its decay needs {DECAY_BITS}-bit resolution; "
-            f"{profile.name} has {profile.decay_bits}-bit decays",
-            where,
-        )
-    if qg.input.bits > profile.message_bits:
-        raise SpikedetError(
-            f"input: the {qg.input.bits}-bit graded input needs {qg.input.bits}-bit message "
-            f"payloads; {profile.name} carries {profile.message_bits}",
-            where,
-        )
-    d_max = max((p.D for p in qg.populations if p.kind == "ilif"), default=1)
-    spike_bits = max(1, math.ceil(math.log2(d_max + 1)))
-    graded_ok = spike_bits <= profile.message_bits
-    modes = {
-        "graded": {
-            "supported": graded_ok,
-            "reason": f"D={d_max} spikes need {spike_bits}-bit payloads, "
-            f"{profile.name} carries {profile.message_bits}",
-        },
-        "binary": {"supported": True, "reason": "unit spikes over T*D virtual steps"},
-    }
-    precision = {
-        "weight_bits": {"needed": w_need, "available": wb},
-        "delay_steps": {"needed": d_need, "available": (1 << db) - 1},
-        "state_bits": {"needed": STATE_BITS, "available": profile.state_bits},
-        "decay_bits": {"needed": DECAY_BITS if decaying else 0, "available": profile.decay_bits},
-        "message_bits": {
-            "needed_graded": max(spike_bits, qg.input.bits),
-            "needed_binary": qg.input.bits,
-            "available": profile.message_bits,
-        },
-    }
-    return modes, precision
+    """Per source neuron (C, H, W): how many distinct cores (of layer ``dst``, or of all) it
+    reaches; ``src`` is a population or ``"input"``. One spike is one message per core."""
+    hw = hardware_graph(qg, mapping)
+    tiles = {}
+    for lm in mapping.layers:
+        if dst is None or lm.name == dst:
+            tiles[lm.name] = lm.tile_shape
+            tiles.update({x.name: x.tile_shape for x in [*lm.psums, *lm.relays]})
+    return reach(hw, src, unit_intervals(hw.shape(src)), tiles)
 
 
-# ---- tile search -----------------------------------------------------------------------------
-def _axis_maxima(qg, name, cand):
-    """Per candidate tile size and incoming synapse: worst-tile receptive length / connections."""
-    shape = qg.pop(name).shape
-    syns = qg.incoming(name)
-    rf = [np.zeros((len(c), len(syns)), np.int64) for c in cand]
-    conn = [np.zeros((len(c), len(syns)), np.int64) for c in cand[1:]]
-    for ax, sizes in enumerate(cand):
-        for i, t in enumerate(sizes):
-            iv = _tiles_along(shape[ax], int(t))
-            for e, s in enumerate(syns):
-                lo, hi = _rf_channels(s, qg, iv) if ax == 0 else _rf(s, qg, ax - 1, iv)
-                rf[ax][i, e] = (hi - lo).max()
-                if ax:
-                    conn[ax - 1][i, e] = _conn_sum(s, qg, ax - 1, iv).max()
-    return rf, conn
+# ---- choosing the grouping of a split layer ------------------------------------------------
+@dataclass
+class _Choice:
+    multiplier: int
+    plans: list[PsumPlan]
+    local: HwGraph  # the layer's part of the hardware graph with these plans
+    tiles: dict[str, tuple]  # population -> (tile, grid figures, fan-out)
+    cores: int
 
 
-def _fail_one_neuron(qg, name, profile, dst_tiles) -> SpikedetError:
-    """The error for a population whose single worst neuron exceeds a per-core limit."""
-    neurons, mem, fan_in = _grid_figures(
-        qg, name, (1, 1, 1), profile.weight_bits, profile.conv_weight_sharing
-    )
-    fan_out = _reach(qg, _unit_intervals(qg.pop(name).shape), dst_tiles, name)
-    where, p = f"{profile.name} mapping", profile.name
-    if fan_in.max() > profile.fan_in_axons:
-        what = f"one neuron needs {fan_in.max()} fan-in axons, {p} allows {profile.fan_in_axons}"
-    elif mem.max() > profile.synaptic_memory_bits:
-        what = (
-            f"one neuron needs {mem.max()} bits of synaptic memory, {p} has "
-            f"{profile.synaptic_memory_bits}"
-        )
-    elif fan_out.max() > profile.fan_out_axons:
-        what = (
-            f"one neuron's spikes reach {fan_out.max()} cores, {p} allows {profile.fan_out_axons}"
-        )
-    else:  # cannot happen: a single neuron always fits the neuron limit
-        what = f"no tile satisfies the limits of {p}"
-    return SpikedetError(f"layer {name}: {what} per core", where)
+def _lower_bound(split: LayerSplit, m: int, pop: HwPop, profile: HardwareProfile) -> int:
+    """Cores below which no grouping with multiplier m can go: each partial sum needs
+    ceil(its neurons / neurons_per_core) cores, and the neuron cores receive one axon per group
+    and neuron of every split class (and hold at most neurons_per_core compartments)."""
+    npc, plane = profile.neurons_per_core, pop.shape[1] * pop.shape[2]
+    groups = [(class_groups(c, m), (c.b - c.a) * plane) for c in split.classes]
+    psums = sum(g * -(-n // npc) for g, n in groups)
+    axons = sum(g * n for g, n in groups)
+    return psums + max(-(-axons // profile.fan_in_axons), -(-pop.size * pop.compartments // npc))
 
 
-def _tile_population(qg, name, profile, dst_tiles):
-    """Fewest tiles satisfying all per-core limits; returns (tile, exact grid figures)."""
-    shape = qg.pop(name).shape
-    syns = qg.incoming(name)
-    wb, sharing = profile.weight_bits, profile.conv_weight_sharing
-    cand = [_sizes(n) for n in shape]
-    rf, conn = _axis_maxima(qg, name, cand)
-    c, h, w = np.meshgrid(*cand, indexing="ij")
-    ci, hi, wi = np.meshgrid(*[np.arange(len(x)) for x in cand], indexing="ij")
-    tiles = -(-shape[0] // c) * -(-shape[1] // h) * -(-shape[2] // w)
-    fan_terms = [rf[0][ci, e] * rf[1][hi, e] * rf[2][wi, e] for e in range(len(syns))]
-    if sharing:
-        mem_terms = [c * s.weight[0].size * wb for s in syns]
-    else:
-        mem_terms = [
-            c * s.weight.shape[1] * wb * conn[0][hi, e] * conn[1][wi, e] for e, s in enumerate(syns)
-        ]
-    zero = np.zeros_like(c)
-    fan_ub, mem_ub = sum(fan_terms, zero), sum(mem_terms, zero)
-    fan_lb = np.max(fan_terms, axis=0) if syns else zero
-    mem_lb = np.max(mem_terms, axis=0) if syns else zero
-    ok = (
-        (c * h * w <= profile.neurons_per_core)
-        & (fan_lb <= profile.fan_in_axons)
-        & (mem_lb <= profile.synaptic_memory_bits)
-    )
-    sure = (fan_ub <= profile.fan_in_axons) & (mem_ub <= profile.synaptic_memory_bits)
-    idx = np.flatnonzero(ok.ravel())
-    order = idx[np.lexsort((-c.ravel()[idx], -h.ravel()[idx], -w.ravel()[idx], tiles.ravel()[idx]))]
-    for k in order:
-        tile = (int(c.flat[k]), int(h.flat[k]), int(w.flat[k]))
-        grid = _grid_figures(qg, name, tile, wb, sharing)
-        if not sure.flat[k] and (
-            grid[1].max(initial=0) > profile.synaptic_memory_bits
-            or grid[2].max(initial=0) > profile.fan_in_axons
-        ):
+def _evaluate(local: HwGraph, name: str, plans, profile, chosen: dict, known=None) -> tuple:
+    """Cores of the layer (neurons, then each partial sum on the neurons' tile) and the tiles;
+    partial sums with equal signatures share one tile search. ``known``: the tiles of an
+    estimate made without the neurons' fan-out; they stand when that tile's fan-out fits (it is
+    then also the first candidate within every limit)."""
+    if known is not None:
+        tile, figs, _ = known[name]
+        fan_out = tile_fanout(local, name, local.shape(name), tile, chosen)
+        if fan_out <= profile.fan_out_axons:
+            tiles = {**known, name: (tile, figs, fan_out)}
+            return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
+    own = best_tile(collapse_psums(local, name), name, profile, chosen)
+    tiles, by_signature = {name: own}, {}
+    for plan in plans:
+        key = psum_signature(local, plan.name)
+        if key not in by_signature:
+            by_signature[key] = best_tile(local, plan.name, profile, {name: own[0]})
+        tiles[plan.name] = by_signature[key]
+    return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
+
+
+def _choose(qg, view, work, depth, limit, split, profile, chosen, fixed, memo) -> tuple:
+    """The candidate multiplier (or the ``fixed`` one) with the fewest cores of the layer, and
+    [m, cores or None (no fit)] per candidate tried. Raises the first candidate's error when
+    none fits. ``memo`` keeps plans and estimates per (layer, m) between calls."""
+    name, pop = split.layer, view.pop(split.layer)
+    best, tried, error = None, [], None
+    for m in [fixed] if fixed else multipliers(split):
+        if best is not None and _lower_bound(split, m, pop, profile) >= best.cores:
+            break  # the bound grows with m: no later candidate can do better
+        try:
+            if (name, m) not in memo:
+                memo[name, m] = layer_plans(
+                    qg, view, split, m, profile, True, memo["weights"], exact=False
+                )
+            plans = memo[name, m]
+            local = local_graph(work, view, name, plans, depth, limit)
+            known = memo.get((name, m, "estimate"))
+            cores, tiles = _evaluate(local, name, plans, profile, chosen, known)
+        except SpikedetError as err:
+            error = error or err
+            tried.append([m, None])
             continue
-        src_ivs = [_tiles_along(n, t) for n, t in zip(shape, tile)]
-        fan_out = _reach(qg, src_ivs, dst_tiles, name)
-        if fan_out.max(initial=0) <= profile.fan_out_axons:
-            return tile, (*grid, fan_out)
-    raise _fail_one_neuron(qg, name, profile, dst_tiles)
+        if depth is None:  # an estimate on the unsplit view: no destinations tiled yet
+            memo[name, m, "estimate"] = tiles
+        tried.append([m, cores])
+        if best is None or cores < best.cores:
+            best = _Choice(m, plans, local, tiles, cores)
+    if best is None:
+        raise error  # type: ignore[misc]  # at least one candidate was tried
+    return best, tried
 
 
-def map_graph(qg: QuantGraph, profile: HardwareProfile) -> Mapping:
-    """Tile every population onto cores of ``profile`` (see the module docstring)."""
+def _optional_split(qg, view: HwGraph, split: LayerSplit, profile, memo: dict) -> tuple | None:
+    """(choice, unsplit cores) when splitting a layer that fits saves OPTIONAL_SPLIT_GAIN x its
+    cores (both tiled without the neuron's fan-out limit), else None."""
+    name, pop = split.layer, view.pop(split.layer)
+    memo[name, "unsplit"] = best_tile(view, name, profile, {})
+    unsplit = tile_count(pop.shape, memo[name, "unsplit"][0])
+    if OPTIONAL_SPLIT_GAIN * _lower_bound(split, 2, pop, profile) > unsplit:
+        return None
+    try:
+        choice, _ = _choose(qg, view, view, None, 0, split, profile, {}, None, memo)
+    except SpikedetError:
+        return None
+    return (choice, unsplit) if OPTIONAL_SPLIT_GAIN * choice.cores <= unsplit else None
+
+
+def _plan_splits(qg, view, profile, search: bool, fixed: dict, memo: dict) -> tuple[dict, ...]:
+    """The layers to split (needed, forced by ``fixed``, or optional and worth it) with
+    provisional plans, which fix the split graph's depths and relays (not its grouping), and
+    the unsplit cores of the optional ones."""
+    splits, plans, unsplit = {}, {}, {}
+    for p in qg.populations:
+        m = fixed.get(p.name)
+        optional = search or (m or 1) > 1
+        split = analyse_split(qg, view, p.name, profile, optional, memo["weights"])
+        if split is None or (not split.needed and m == 1):
+            continue
+        if split.needed or m:
+            first = m or multipliers(split)[0]
+            plans[p.name] = layer_plans(
+                qg, view, split, first, profile, False, memo["weights"], exact=False
+            )
+            splits[p.name] = split
+        elif found := _optional_split(qg, view, split, profile, memo):
+            splits[p.name], plans[p.name], unsplit[p.name] = split, found[0].plans, found[1]
+    return splits, plans, unsplit
+
+
+def map_graph(
+    qg: QuantGraph,
+    profile: HardwareProfile,
+    *,
+    search: bool = True,
+    group_multipliers: dict[str, int] | None = None,
+) -> Mapping:
+    """Tile every population onto cores of ``profile`` (see the module docstring).
+
+    ``search``: choose each split layer's grouping, and split layers that fit when that saves
+    enough cores; False: the fewest groups for needed splits only. ``group_multipliers``: fix
+    the multiplier m of named layers (1: fewest groups, or no split for a layer that fits)."""
     if profile.kind != "neuromorphic":
         raise SpikedetError(f"{profile.name} is not a neuromorphic profile", profile.path)
     check_geometry(qg)
-    modes, precision = _check_precision(qg, profile)
+    modes, precision = check_precision(qg, profile)
+    view = hardware_view(qg)
+    fixed = dict(group_multipliers or {})
+    # plans and fan-out-free estimates per (layer, multiplier); weight magnitudes per synapse
+    memo: dict = {"weights": {}}
+    splits, plans, unsplit = _plan_splits(qg, view, profile, search, fixed, memo)
+    if not search:
+        fixed = {name: fixed.get(name, 1) for name in splits}
+    limit = (1 << profile.delay_bits) - 1
+    work, depth = apply_relays(apply_splits(view, plans), limit)
     chosen: dict[str, tuple[int, int, int]] = {}
-    figures: dict[str, tuple] = {}
-    for pop in reversed(qg.populations):  # destinations first: fan-out needs their tiles
-        chosen[pop.name], figures[pop.name] = _tile_population(qg, pop.name, profile, chosen)
-    layers, next_core = [], 0
-    for pop in qg.populations:
-        tile = chosen[pop.name]
-        neurons, mem, fan_in, fan_out = figures[pop.name]
-        splits = tuple(-(-n // t) for n, t in zip(pop.shape, tile))
+    placed: dict[str, tuple] = {}
+    groupings: dict[str, dict] = {}
+    i = len(work.pops) - 1
+    while i >= 0:  # destinations first: fan-out needs their tiles
+        name = work.pops[i].name
+        if name in splits and name not in chosen:  # choose the grouping, then go on before it
+            split = splits[name]
+            choice, tried = _choose(
+                qg, view, work, depth, limit, split, profile, chosen, fixed.get(name), memo
+            )
+            work = replace_layer(work, name, choice.local)
+            # the same groups with their exact payload bounds (candidates carry upper bounds)
+            plans[name] = layer_plans(
+                qg, view, split, choice.multiplier, profile, True, memo["weights"]
+            )
+            assert [p.sources for p in plans[name]] == [p.sources for p in choice.plans]
+            for n, (tile, figs, fan_out) in choice.tiles.items():
+                chosen[n], placed[n] = tile, (figs, fan_out)
+            groupings[name] = {
+                "optional": not split.needed, "multiplier": choice.multiplier,
+                "fewest_groups": sum(c.fewest for c in split.classes), "groups": len(plans[name]),
+                "cores": choice.cores, "tried": tried, "unsplit_cores": unsplit.get(name),
+            }  # fmt: skip
+            i = next(k for k, p in enumerate(work.pops) if p.name == name)
+        elif name not in chosen:
+            tile, figs, fan_out = memo.get((name, "unsplit"), (None, None, 0))
+            if tile is not None:  # the estimate stands when its fan-out fits (see _evaluate)
+                fan_out = tile_fanout(work, name, work.shape(name), tile, chosen)
+            if tile is None or fan_out > profile.fan_out_axons:
+                tile, figs, fan_out = best_tile(work, name, profile, chosen)
+            chosen[name], placed[name] = tile, (figs, fan_out)
+        i -= 1
+    split_view = apply_splits(view, plans)
+    hw, depth = apply_relays(split_view, limit)
+    assert {p.name for p in hw.pops} == {p.name for p in work.pops}, "grouping-free relays"
+    precision["delay_steps"] = delay_figures(qg, split_view, hw, depth, limit)
+    next_core = 0
+
+    def tiling(name: str) -> dict:
+        nonlocal next_core
+        shape, tile = hw.pop(name).shape, chosen[name]
+        figs, fan_out = placed[name]
+        splits = tuple(-(-n // t) for n, t in zip(shape, tile))
         count = int(np.prod(splits))
+        next_core += count
+        return dict(
+            tiles=count, tile_shape=tile, splits=splits, neurons_per_tile=figs["neurons"],
+            syn_mem_bits_per_tile=figs["mem"], syn_mem_bits_total=figs["mem_total"],
+            fan_in_axons_per_tile=figs["fan_in"], fan_out_cores=fan_out,
+            core_ids=(next_core - count, next_core),
+        )  # fmt: skip
+
+    layers = []
+    for pop in qg.populations:
+        first = next_core
+        psums = [
+            PsumMapping(**tiling(pl.name), name=pl.name, dst_channels=pl.dst_channels,
+                        sources=dict(pl.sources), bound=pl.bound, payload_bits=pl.payload_bits)
+            for pl in plans.get(pop.name, [])
+        ]  # fmt: skip
+        own = tiling(pop.name)
+        relays = [
+            RelayMapping(**tiling(r.name), name=r.name, source=r.carries,
+                         stage=int(r.name.rsplit("relay", 1)[1]))
+            for r in hw.of_layer(pop.name)
+            if r.kind == "relay"
+        ]  # fmt: skip
+        own["core_ids"] = (first, next_core)
+        parts = np.zeros(pop.shape[0], np.int64)
+        for pl in plans.get(pop.name, []):
+            parts[pl.dst_channels[0] : pl.dst_channels[1]] += 1
+        hwp = hw.pop(pop.name)
         layers.append(
             LayerMapping(
+                **own,
                 name=pop.name,
                 kind=pop.kind,
                 shape=tuple(pop.shape),
                 neurons=pop.size,
-                tiles=count,
-                tile_shape=tile,
-                splits=splits,
-                neurons_per_tile=int(neurons.max()),
-                syn_mem_bits_per_tile=int(mem.max(initial=0)),
-                syn_mem_bits_total=int(mem.sum()),
-                fan_in_axons_per_tile=int(fan_in.max(initial=0)),
-                fan_out_cores=int(fan_out.max(initial=0)),
-                core_ids=(next_core, next_core + count),
-            )
+                compartments=hwp.size * hwp.compartments,
+                cores=next_core - first,
+                depth=depth[pop.name],
+                fan_in_parts=max(1, int(parts.max())),
+                extra_steps=1 if psums else 0,
+                grouping=groupings.get(pop.name, {}),
+                psums=psums,
+                relays=relays,
+            )  # fmt: skip
         )
-        next_core += count
     limits = {
         "neurons_per_core": profile.neurons_per_core,
         "synaptic_memory_bits": profile.synaptic_memory_bits,
@@ -423,13 +469,16 @@ def map_graph(qg: QuantGraph, profile: HardwareProfile) -> Mapping:
         "fan_out_cores": profile.fan_out_axons,
         "cores_per_chip": profile.cores_per_chip,
         "conv_weight_sharing": profile.conv_weight_sharing,
+        "graded_payload_bits": profile.message_bits,
+        "delay_steps": limit,
     }
-    return Mapping(
-        profile=profile.name,
-        layers=layers,
-        cores=next_core,
-        chips=max(1, -(-next_core // profile.cores_per_chip)),
-        modes=modes,
-        precision=precision,
-        limits=limits,
-    )
+    mapping = Mapping(
+        profile=profile.name, layers=layers, cores=next_core,
+        chips=max(1, -(-next_core // profile.cores_per_chip)), modes=modes,
+        precision=precision, limits=limits, hw_depth=max(depth[p.name] for p in qg.populations),
+        logical_depth=max(p.depth for p in qg.populations),
+        split_layers=[lm.name for lm in layers if lm.psums],
+        relay_stages=sum(len(lm.relays) for lm in layers),
+    )  # fmt: skip
+    mapping._hw = (qg, hw)  # type: ignore[attr-defined]
+    return mapping

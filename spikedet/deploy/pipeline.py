@@ -3,7 +3,8 @@
 Stages (each logs one progress line):
 1. read the NIR file (the float contract) and quantize it for the target's precision;
 2. map every population onto cores of the target profile (fails naming the layer and limit);
-3. run the ``fixed`` engine on the whole split, decode the head readouts and score mAP;
+3. run the ``fixed`` engine on the whole split, decode the head readouts (``dfl``: YOLOv8
+   distributions, ``anchor``: EMS-YOLO / YOLOv5 anchors) and score mAP;
 4. run the float ``reference`` (the NIR graph executed in torch, GPU when present) on the same
    images: per-layer spike agreement, readout error and its mAP;
 5. run ``lava`` (if asked) on the first ``samples`` images and compare with ``fixed`` spike for
@@ -26,6 +27,9 @@ import numpy as np
 from spikedet.errors import SpikedetError
 
 ENGINES = ("fixed", "lava", "both")
+# NMS IoU per head type when none is given: the families' validation defaults
+# (spikedet.train.family.NMS_DEFAULTS, which imports torch, so restated here)
+NMS_IOU = {"dfl": 0.7, "anchor": 0.6}
 
 
 @dataclass
@@ -41,7 +45,7 @@ class DeployOptions:
     batch: int = 32
     reference: bool = True
     conf_thres: float = 0.001
-    iou_thres: float = 0.7
+    iou_thres: float | None = None  # None: the head type's default (NMS_IOU)
 
 
 def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int):
@@ -78,21 +82,28 @@ def _take(x: np.ndarray, start: int, stop: int) -> np.ndarray:
     return x[:, start:stop] if _batch_axis(x) else x[start:stop]
 
 
-def _head_maps(head: dict, readouts: dict[str, np.ndarray]):
-    box_maps, cls_maps = [], []
-    for box_role, cls_role in head["outputs"]:
-        box_maps.append(np.asarray(readouts[box_role], dtype=np.float32))
-        cls_maps.append(np.asarray(readouts[cls_role], dtype=np.float32))
-    return box_maps, cls_maps
+def decode_head(
+    head: dict, readouts: dict[str, np.ndarray], conf_thres: float, iou_thres: float | None
+) -> list[np.ndarray]:
+    """Float readout maps -> one [K, 6] (x1, y1, x2, y2, score, cls) array per image, decoded
+    as the §2.4 head says: ``dfl`` pairs [box, cls] per stride, ``anchor`` one map of
+    na·(nc+5) YOLOv5 logits per stride (``spikedet.anchor_decode``)."""
+    iou = NMS_IOU[head["type"]] if iou_thres is None else iou_thres
+    if head["type"] == "anchor":
+        from spikedet.anchor_decode import postprocess_anchor
+
+        maps = [np.asarray(readouts[name], dtype=np.float32) for name in head["outputs"]]
+        anchors = np.asarray(head["anchors"], dtype=np.float64)
+        return postprocess_anchor(maps, head["strides"], anchors, conf_thres, iou)
+    from spikedet.detection import postprocess
+
+    box_maps = [np.asarray(readouts[box], dtype=np.float32) for box, _ in head["outputs"]]
+    cls_maps = [np.asarray(readouts[cls], dtype=np.float32) for _, cls in head["outputs"]]
+    return postprocess(box_maps, cls_maps, head["strides"], head["reg_max"], conf_thres, iou)
 
 
 def _score(ds, head: dict, readouts: dict[str, np.ndarray], opts: DeployOptions) -> dict:
-    from spikedet.detection import postprocess
-
-    box_maps, cls_maps = _head_maps(head, readouts)
-    dets = postprocess(
-        box_maps, cls_maps, head["strides"], head["reg_max"], opts.conf_thres, opts.iou_thres
-    )
+    dets = decode_head(head, readouts, opts.conf_thres, opts.iou_thres)
     if opts.dataset == "gen1":
         from spikedet.train.gen1_eval import collect_detections, evaluate_gen1
 
@@ -158,11 +169,12 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     t0 = time.perf_counter()
     fg = read_nir(nir_path)
     check_head(fg, str(nir_path))
+    # no delay limit here: the mapper relays delays beyond the target's delay_bits (§3.3)
     qg = quantize(
         fg,
         weight_bits=int(profile.weight_bits),
         state_bits=int(profile.state_bits),
-        max_delay=(1 << int(profile.delay_bits)) - 1,
+        max_delay=None,
     )
     log(
         f"[deploy] {nir_path.name}: {len(qg.populations)} populations, {len(qg.synapses)} "

@@ -7,16 +7,20 @@ counts and energies are per inference (averaged over the simulated samples); ene
 - ``model``: str; ``target``: str (profile name or the --target given).
 - ``profile``: {name, description, kind, path, notices: [str]} (notices include the 45 nm ones).
 - ``mapping``: ``Mapping.to_dict()``: {profile, cores, chips, modes, precision, limits, layers}.
-- ``layers``: one dict per population (with its incoming synapses), topological order: name,
-  type (encoding | spiking | readout), shape, neurons, D, depth, cores, tile_shape,
-  syn_mem_bits_per_core, syn_mem_bits_total, fan_in_axons, fan_out_cores, spikes_in_messages,
+- ``layers``: one dict per population (with its incoming synapses, and its partial sums and
+  relays), topological order: name, type (encoding | spiking | maxpool | readout), shape,
+  neurons, compartments (x D for max-pool), D, depth, hw_depth, cores, tile_shape,
+  syn_mem_bits_per_core, syn_mem_bits_total, fan_in_axons, fan_out_cores, fan_in_parts,
+  psum_cores, relay_cores, extra_steps, psum_payload_bits, psum_messages_graded,
+  psum_messages_binary, aux_updates (partial-sum and relay compartments), spikes_in_messages,
   spikes_in_units, spikes_out_messages, spikes_out_units, firing_rate, message_rate,
   synops_graded, synops_binary, dense_macs, neuron_updates, active_updates, binary_updates,
   binary_active_updates, routed_messages_graded, routed_messages_binary,
   energy_graded / energy_binary: {total_pj, synops_pj, active_updates_pj, inactive_updates_pj,
   messages_pj} (dynamic energy).
 - ``totals``: the default mode's figures (graded when supported): mode, T, samples, neurons,
-  cores, chips, synaptic_memory_bits, hw_steps, synops, routed_messages, neuron_updates,
+  compartments, cores, chips, synaptic_memory_bits, split_layers, psum_cores, relay_cores,
+  extra_latency_steps, hw_steps, synops, routed_messages, neuron_updates,
   energy_dynamic_pj, energy_static_pj, energy_total_pj, latency_us, inferences_per_s, power_mw.
 - ``modes``: {graded, binary}: supported, reason and the same figures as totals.
 - ``cmos45nm``: first_layer_macs, acs, energy_pj, flops_formula {first_layer_macs, acs,
@@ -27,95 +31,69 @@ counts and energies are per inference (averaged over the simulated samples); ene
 
 from __future__ import annotations
 
-import io
 import json
-import math
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
+from spikedet.deploy.report_format import (
+    fmt,
+    is_scalar,
+    jsonable,
+    kib,
+    render_plots,
+    render_section,
+    table,
+)
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path, write_json, write_text
 
 PLOTS = ("energy_per_layer.png", "firing_rate_per_layer.png", "cores_per_layer.png")
 
 
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays converted, tuples to lists, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _fmt(v: Any) -> str:
-    """Numbers with 4 significant digits (integers in full), everything else as text."""
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, (int, np.integer)):
-        return f"{int(v):,}"
-    if isinstance(v, (float, np.floating)):
-        if v != 0 and (abs(v) >= 1e7 or abs(v) < 1e-3):
-            return f"{v:.4g}"
-        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-    if isinstance(v, (list, tuple)):
-        return "x".join(str(x) for x in v) if all(isinstance(x, int) for x in v) else str(v)
-    if isinstance(v, dict):
-        return json.dumps(jsonable(v), separators=(",", ":"))
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _is_scalar(v: Any) -> bool:
-    return not isinstance(v, (dict, list, tuple))
-
-
-def render_section(title: str, value: Any, level: int = 3) -> list[str]:
-    """Markdown for a free-form value: scalars as a key/value table, dicts of dicts as tables."""
-    head = ["#" * level + " " + title, ""]
-    if isinstance(value, (dict, list, tuple)) and not value:
-        return head + ["(empty)", ""]
-    if _is_scalar(value):
-        return head + [_fmt(value), ""]
-    if isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, dict) for v in value):
-            cols = list(dict.fromkeys(k for v in value for k in v))
-            return head + _table(cols, [[v.get(c, "") for c in cols] for v in value])
-        return head + [_fmt(list(value)), ""]
-    scalars = {k: v for k, v in value.items() if _is_scalar(v) or isinstance(v, (list, tuple))}
-    nested = {k: v for k, v in value.items() if isinstance(v, dict)}
-    lines = head
-    if scalars:
-        lines += _table(["key", "value"], [[k, v] for k, v in scalars.items()])
-    flat = {k: v for k, v in nested.items() if v and all(_is_scalar(x) for x in v.values())}
-    if len(flat) >= 2 or (flat and len(flat) == len(nested) and not scalars):
-        cols = list(dict.fromkeys(c for v in flat.values() for c in v))
-        lines += _table([""] + cols, [[k] + [v.get(c, "") for c in cols] for k, v in flat.items()])
-        nested = {k: v for k, v in nested.items() if k not in flat}
-    for k, v in nested.items():
-        lines += render_section(f"{title}: {k}" if level > 3 else k, v, min(level + 1, 6))
+def _splits_section(report: dict) -> list[str]:
+    """Fan-in splits and delay relays of the mapping (nothing when the graph has neither)."""
+    layers = report["mapping"]["layers"]
+    split = [ly for ly in layers if ly.get("psums")]
+    relays = [(ly["name"], r) for ly in layers for r in ly.get("relays", [])]
+    if not split and not relays:
+        return []
+    mp = report["mapping"]
+    lines = ["## Fan-in splits and delay relays", ""]
+    if split:
+        lines += [
+            f"{len(split)} layer(s) have neurons whose inputs exceed one core "
+            f"({mp['limits']['fan_in_axons']} fan-in axons, "
+            f"{kib(mp['limits']['synaptic_memory_bits']):g} KiB): their input channels are "
+            "divided over partial-sum compartments on separate cores that send graded sums to "
+            "the neuron's core. The integer results do not change (partial sums are sums of "
+            "exact integers, and the §3.3 delays re-align the other paths); each split adds one "
+            f"hardware step on its paths (hardware depth {mp['hw_depth']} vs logical "
+            f"{mp['logical_depth']}).",
+            "",
+        ]
+        lines += table(
+            ["layer", "groups", "partial-sum cores", "neuron cores", "payload bits", "max |sum|"],
+            [
+                [
+                    ly["name"], ly["fan_in_parts"], sum(p["tiles"] for p in ly["psums"]),
+                    ly["tiles"], max(p["payload_bits"] for p in ly["psums"]),
+                    max(p["bound"] for p in ly["psums"]),
+                ]
+                for ly in split
+            ],
+        )  # fmt: skip
+    if relays:
+        delay = mp["precision"].get("delay_steps", {})
+        lines += [
+            f"Delays up to {delay.get('needed')} steps are needed, the target has "
+            f"{delay.get('available')}: {len(relays)} relay stage(s) forward the spikes of a "
+            "source (exact values) so that every synapse delay fits.",
+            "",
+        ]
+        lines += table(
+            ["layer", "relays spikes of", "stage", "cores"],
+            [[name, r["source"], r["stage"], r["tiles"]] for name, r in relays],
+        )
     return lines
-
-
-def _kib(bits: float) -> float:
-    return bits / 8192
 
 
 def render_markdown(report: dict) -> str:
@@ -142,19 +120,20 @@ def render_markdown(report: dict) -> str:
         ["logical steps T", t["T"]],
         ["samples simulated", t["samples"]],
     ]
-    info += [[k, v] for k, v in report.items() if k not in known and _is_scalar(v)]
-    lines += _table(["", ""], info) + [report["profile"]["description"], ""]
+    info += [[k, v] for k, v in report.items() if k not in known and is_scalar(v)]
+    lines += table(["", ""], info) + [report["profile"]["description"], ""]
     lines += ["## Mapping", ""]
-    lines += _table(
+    lines += table(
         ["cores", "chips", "neurons", "synaptic memory (KiB)"],
-        [[mp["cores"], mp["chips"], t["neurons"], _kib(t["synaptic_memory_bits"])]],
+        [[mp["cores"], mp["chips"], t["neurons"], kib(t["synaptic_memory_bits"])]],
     )
-    lines += _table(["limit per core", "value"], [[k, v] for k, v in mp["limits"].items()])
+    lines += table(["limit per core", "value"], [[k, v] for k, v in mp["limits"].items()])
     prec = mp["precision"]
     cols = list(dict.fromkeys(c for v in prec.values() for c in v))
-    lines += _table(
+    lines += table(
         ["precision"] + cols, [[k] + [v.get(c, "") for c in cols] for k, v in prec.items()]
     )
+    lines += _splits_section(report)
     lines += ["## Per-layer resources, activity and energy (per inference)", ""]
     rows = [
         [
@@ -164,7 +143,7 @@ def render_markdown(report: dict) -> str:
             ly["neurons"],
             ly["cores"],
             ly["tile_shape"],
-            _kib(ly["syn_mem_bits_per_core"]),
+            kib(ly["syn_mem_bits_per_core"]),
             ly["fan_in_axons"],
             ly["fan_out_cores"],
             ly["firing_rate"],
@@ -175,7 +154,7 @@ def render_markdown(report: dict) -> str:
         ]
         for ly in report["layers"]
     ]
-    lines += _table(
+    lines += table(
         [
             "layer",
             "type",
@@ -195,7 +174,7 @@ def render_markdown(report: dict) -> str:
         rows,
     )
     lines += [f"## Totals ({t['mode']} mode, per inference)", ""]
-    lines += _table(
+    lines += table(
         ["quantity", "value"],
         [
             ["synaptic ops", t["synops"]],
@@ -229,11 +208,11 @@ def render_markdown(report: dict) -> str:
         if k.endswith("_pj"):  # shown in nJ like the rest of the report
             k, g, b = k[: -len("_pj")] + " (nJ)", g / 1e3, b / 1e3
         rows.append([k, g, b])
-    lines += _table(["", "graded", "binary"], rows)
+    lines += table(["", "graded", "binary"], rows)
     lines += [f"Graded: {modes['graded']['reason']}.", ""]
     lines += ["## 45 nm CMOS estimate (the papers' model) and the equivalent ANN", ""]
     ff = c45["flops_formula"]
-    lines += _table(
+    lines += table(
         ["", "MACs", "ACs", "energy (nJ)"],
         [
             ["SNN, exact counts", c45["first_layer_macs"], c45["acs"], c45["energy_pj"] / 1e3],
@@ -249,14 +228,14 @@ def render_markdown(report: dict) -> str:
     )
     lines += [
         f"E_MAC = {c45['e_mac_pj']} pJ, E_AC = {c45['e_ac_pj']} pJ; ANN / SNN (45 nm) = "
-        f"{_fmt(c45['ann_over_snn45'])}; ANN (45 nm) / target = "
-        f"{_fmt(c45['ann45_over_target'])}.",
+        f"{fmt(c45['ann_over_snn45'])}; ANN (45 nm) / target = "
+        f"{fmt(c45['ann45_over_target'])}.",
         "",
     ]
     if report.get("validation"):
         lines += render_section("Validation", report["validation"], level=2)
     lines += ["## Provenance", ""] + [f"- {n}" for n in report["profile"].get("notices", [])]
-    lines += [""] + _table(
+    lines += [""] + table(
         ["profile", "figure", "value", "unit", "status", "source"],
         [
             [p["profile"], p["key"], p["value"], p["unit"], p["status"], p["source"]]
@@ -266,57 +245,12 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _plots(report: dict) -> dict[str, bytes] | str:
-    """The three PNGs as bytes, or the reason they cannot be drawn (no matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        return f"plots skipped: {err}"
-    layers = report["layers"]
-    names = [ly["name"] for ly in layers]
-    x = np.arange(len(layers))
-    series = {
-        "energy_per_layer.png": (
-            "dynamic energy per inference (nJ)",
-            {
-                "graded": [ly["energy_graded"]["total_pj"] / 1e3 for ly in layers],
-                "binary": [ly["energy_binary"]["total_pj"] / 1e3 for ly in layers],
-            },
-        ),
-        "firing_rate_per_layer.png": (
-            "firing rate (units / neuron / step, includes D)",
-            {"firing rate": [ly["firing_rate"] for ly in layers]},
-        ),
-        "cores_per_layer.png": ("cores", {"cores": [ly["cores"] for ly in layers]}),
-    }
-    out: dict[str, bytes] = {}
-    for fname, (ylabel, data) in series.items():
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 4.0))
-        width = 0.8 / len(data)
-        for i, (label, vals) in enumerate(data.items()):
-            ax.bar(x + (i - (len(data) - 1) / 2) * width, vals, width, label=label)
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-        ax.set_ylabel(ylabel)
-        ax.set_title(f"{report.get('model', '')} on {report['profile']['name']}")
-        if len(data) > 1:
-            ax.legend()
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        out[fname] = buf.getvalue()
-    return out
-
-
 def write_report(out_dir: str | Path, report: dict) -> list[Path]:
     """Write report.json, report.md and the PNG plots; each file is renamed into place."""
     out = Path(out_dir)
     data = jsonable(report)
     text = render_markdown(data)  # render everything before writing anything
-    plots = _plots(data)
+    plots = render_plots(data)
     if isinstance(plots, str):
         text += f"\n\n_{plots}_\n"
     written = []
@@ -355,16 +289,16 @@ def _headline(validation: dict) -> list[str]:
     """One line per top-level validation entry: scalars, or a dict's scalar members."""
     lines = []
     for key, val in validation.items():
-        if _is_scalar(val):
-            lines.append(f"  {key}: {_fmt(val)}")
+        if is_scalar(val):
+            lines.append(f"  {key}: {fmt(val)}")
         elif isinstance(val, dict):
-            parts = [f"{k}={_fmt(v)}" for k, v in val.items() if _is_scalar(v)]
+            parts = [f"{k}={fmt(v)}" for k, v in val.items() if is_scalar(v)]
             parts += [
-                f"{k}: " + " ".join(f"{kk}={_fmt(vv)}" for kk, vv in v.items() if _is_scalar(vv))
+                f"{k}: " + " ".join(f"{kk}={fmt(vv)}" for kk, vv in v.items() if is_scalar(vv))
                 for k, v in val.items()
                 if isinstance(v, dict)
                 and v
-                and all(_is_scalar(x) for x in v.values())
+                and all(is_scalar(x) for x in v.values())
                 and len(v) <= 6
             ]
             if parts:
@@ -398,6 +332,12 @@ def summary_table(report: dict) -> str:
         f" nJ, total {t['energy_total_pj'] / 1e3:.4g} nJ/inference, "
         f"{t['inferences_per_s']:.4g} inferences/s, {t['power_mw']:.4g} mW",
     ]
+    if t.get("split_layers") or t.get("relay_cores"):
+        lines.append(
+            f"fan-in splits: {t['split_layers']} layer(s), {t['psum_cores']:,} partial-sum cores, "
+            f"+{t['extra_latency_steps']} hardware step(s); delay relays: {t['relay_cores']:,} "
+            "cores (integer results unchanged)"
+        )
     c45 = report.get("cmos45nm")
     if c45:
         lines.append(

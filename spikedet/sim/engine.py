@@ -2,7 +2,8 @@
 
 An engine executes docs/semantics.md §3 on integer input ``x_int`` ([B, C, H, W], presented at
 every logical step, or [T, B, C, H, W]) and reports per logical step the integer spikes of
-every I-LIF population and the final integrator value of every readout.
+every spiking population (I-LIF, LIF, maxpool) and the final integrator value of every
+readout.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ ENGINE_NAMES = ("fixed", "lava", "reference")
 
 @dataclass
 class EngineResult:
-    """Spikes int64 [T, B, C, H, W] per I-LIF population; readout v_{T-1} int64 [B, C, H, W]."""
+    """Spikes int64 [T, B, C, H, W] per spiking population (ilif, lif, maxpool); readout
+    v_{T-1} int64 [B, C, H, W] per readout population."""
 
     spikes: dict[str, np.ndarray]
     readouts: dict[str, np.ndarray]

@@ -79,7 +79,7 @@ class LavaEngine:
     def run(self, qg: QuantGraph, x_int: np.ndarray) -> EngineResult:
         """Simulate ``x_int`` ([B,C,H,W] static or [T,B,C,H,W] integers) through ``qg``.
 
-        Returns spikes ``{pop: int64 [T,B,C,H,W]}`` of every I-LIF population and readouts
+        Returns spikes ``{pop: int64 [T,B,C,H,W]}`` of every spiking population and readouts
         ``{pop: int64 [B,C,H,W]}`` (v_{T-1}) of every readout population. ``wall_s`` covers the
         whole worker (start, compile, simulation, transfer); ``info`` carries the worker's own
         compile and per-step times.

@@ -1,4 +1,5 @@
-"""Our Lava processes for a QuantGraph: graded input, I-LIF and readout populations, delays.
+"""Our Lava processes for a QuantGraph (those Lava does not have; synapses are Lava's ``Conv``):
+graded input, I-LIF / LIF / max-pool / readout populations, delays and synapse fan-out.
 
 Import this module only inside ``.venv-lava`` (Python 3.10, lava-nc 0.10.0); it never imports
 torch. Each process declares *what* it holds (ports and Vars, Lava layout (X, Y, C) = (W, H, C));
@@ -30,6 +31,11 @@ STATE_LIMIT = (1 << 23) - 1  # clip24: membrane / integrator state saturates at 
 DECAY_ONE = 1 << 12  # 12-bit decay: decay(x) = sign(x)·((|x|·(4096 − dv)) >> 12)
 
 
+def decay12(x: np.ndarray, dv: int) -> np.ndarray:
+    """sign(x)·((|x|·(4096 − dv)) >> 12): the 12-bit decay, truncating toward zero."""
+    return np.sign(x) * ((np.abs(x) * (DECAY_ONE - dv)) >> 12)
+
+
 def ilif_update(
     u_prev: np.ndarray,
     s_prev: np.ndarray,
@@ -43,11 +49,44 @@ def ilif_update(
 
     u_t = clip24(decay(u_{t-1} − θ·s_{t-1}) + a_t + b),  s_t = clip(⌊(u_t + θ/2 − 1)/θ⌋, 0, D).
     """
-    reset = u_prev - theta * s_prev
-    decayed = np.sign(reset) * ((np.abs(reset) * (DECAY_ONE - dv)) >> 12)
+    decayed = decay12(u_prev - theta * s_prev, dv)
     u_new = np.clip(decayed + a_in + bias, -STATE_LIMIT, STATE_LIMIT)
     s_new = np.clip((u_new + (theta // 2 - 1)) // theta, 0, D)
     return u_new, s_new
+
+
+def lif_update(
+    u_prev: np.ndarray,
+    s_prev: np.ndarray,
+    a_in: np.ndarray,
+    bias: np.ndarray,
+    vth: int,
+    dv: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One LIF step (§3.2), int64; returns (u_t, s_t).
+
+    u_t = clip24(decay(u_{t-1}·(1 − s_{t-1})) + a_t + b),  s_t = [u_t > vth]  (hard reset to 0).
+    """
+    decayed = decay12(np.where(s_prev > 0, 0, u_prev), dv)
+    u_new = np.clip(decayed + a_in + bias, -STATE_LIMIT, STATE_LIMIT)
+    return u_new, (u_new > vth).astype(np.int64)
+
+
+def max_pool_xyc(
+    s: np.ndarray, kernel: np.ndarray, stride: np.ndarray, padding: np.ndarray
+) -> np.ndarray:
+    """Integer max-pool of spikes ``s`` (X, Y, C) with zero padding; kernel, stride and
+    padding in (X, Y) order. Zero padding is neutral because spikes are >= 0."""
+    (kx, ky), (sx, sy), (px, py) = (tuple(int(v) for v in a) for a in (kernel, stride, padding))
+    x, y, _ = s.shape
+    ox, oy = (x + 2 * px - kx) // sx + 1, (y + 2 * py - ky) // sy + 1
+    padded = np.pad(s, ((px, px), (py, py), (0, 0)))
+    out = np.zeros((ox, oy, s.shape[2]), dtype=s.dtype)
+    for i in range(kx):
+        for j in range(ky):
+            window = padded[i : i + sx * (ox - 1) + 1 : sx, j : j + sy * (oy - 1) + 1 : sy]
+            np.maximum(out, window, out=out)
+    return out
 
 
 def readout_update(v_prev: np.ndarray, a_in: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -90,6 +129,30 @@ class SpikeDelay(AbstractProcess):
         self.ring = Var(shape=(delay, *shape), init=0)
 
 
+class SynapseFanout(AbstractProcess):
+    """The fan-out wiring of a synapse (§3.2): its Conv output (X, Y, c) repeated ``factor`` x
+    ``factor`` (nearest upsampling) into channels ``offset .. offset + c - 1`` of a population
+    input (factor·X, factor·Y, ``channels``), zeros elsewhere, within the step it arrives (no
+    latency of its own). One serves every Conv with the same (population, offset, c, factor):
+    its InPort sums them first, which is exact because the wiring is linear."""
+
+    def __init__(
+        self,
+        *,
+        shape: tuple[int, int, int],
+        factor: int,
+        offset: int,
+        channels: int,
+        name: str | None = None,
+    ):
+        super().__init__(shape=shape, factor=factor, offset=offset, channels=channels, name=name)
+        x, y, _ = shape
+        self.a_in = InPort(shape=shape)
+        self.a_out = OutPort(shape=(x * factor, y * factor, channels))
+        self.factor = Var(shape=(1,), init=factor)
+        self.offset = Var(shape=(1,), init=offset)
+
+
 class _Population(AbstractProcess):
     """Common ports and Vars of a population of shape (X, Y, C) with per-channel bias (C,)."""
 
@@ -125,6 +188,48 @@ class ILIFPopulation(_Population):
         self.s = Var(shape=shape, init=0)
         self.D = Var(shape=(1,), init=D)
         self.dv = Var(shape=(1,), init=dv)
+
+
+class LIFPopulation(_Population):
+    """EMS LIF neurons (§3.2, kind ``lif``): state u, binary spike s = [u > vth], hard reset."""
+
+    def __init__(self, *, vth: int, dv: int, **kwargs):
+        super().__init__(vth=vth, dv=dv, **kwargs)
+        shape = kwargs["shape"]
+        self.u = Var(shape=shape, init=0)
+        self.s = Var(shape=shape, init=0)
+        self.vth = Var(shape=(1,), init=vth)
+        self.dv = Var(shape=(1,), init=dv)
+
+
+class MaxPoolPopulation(AbstractProcess):
+    """Max-pool of a source population's spikes (§3.2, kind ``maxpool``): no state, no bias.
+    It keeps the spikes received at step h and sends their max-pool at step h + 1 (the one step
+    of latency of the pooling synapse), during its window depth <= h < depth + T."""
+
+    def __init__(
+        self,
+        *,
+        in_shape: tuple[int, int, int],
+        shape: tuple[int, int, int],
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        depth: int,
+        T: int,
+        period: int,
+        name: str | None = None,
+    ):
+        super().__init__(shape=shape, name=name)
+        self.s_in = InPort(shape=in_shape)
+        self.s_out = OutPort(shape=shape)
+        self.held = Var(shape=in_shape, init=0)
+        self.kernel = Var(shape=(2,), init=np.asarray(kernel))
+        self.stride = Var(shape=(2,), init=np.asarray(stride))
+        self.padding = Var(shape=(2,), init=np.asarray(padding))
+        self.depth = Var(shape=(1,), init=depth)
+        self.T = Var(shape=(1,), init=T)
+        self.period = Var(shape=(1,), init=period)
 
 
 class ReadoutPopulation(_Population):
@@ -239,3 +344,71 @@ class PyReadoutPopulationModel(_PyPopulationModel):
             self.v[:] = 0
         self.v[:] = readout_update(self.v, a_in.astype(np.int64), self.bias)
         self.s_out.send(self.v.astype(np.int32))
+
+
+@implements(proc=LIFPopulation, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyLIFPopulationModel(_PyPopulationModel):
+    u: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=24)
+    s: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=1)
+    vth: int = LavaPyType(int, np.int64)
+    dv: int = LavaPyType(int, np.int32)
+
+    def run_spk(self) -> None:
+        a_in = self.a_in.recv()
+        if not self._active() or self._starts():  # idle, or a fresh start (§3.3)
+            self.u[:] = 0
+            self.s[:] = 0
+        if not self._active():
+            self.s_out.send(np.zeros(self.s_out.shape, dtype=np.int32))
+            return
+        u_new, s_new = lif_update(
+            self.u, self.s, a_in.astype(np.int64), self.bias, int(self.vth), int(self.dv)
+        )
+        self.u[:] = u_new
+        self.s[:] = s_new
+        self.s_out.send(s_new.astype(np.int32))
+
+
+@implements(proc=MaxPoolPopulation, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyMaxPoolPopulationModel(PyLoihiProcessModel):
+    s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    held: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    kernel: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    stride: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    padding: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=8)
+    depth: int = LavaPyType(int, np.int32)
+    T: int = LavaPyType(int, np.int32)
+    period: int = LavaPyType(int, np.int32)
+
+    def run_spk(self) -> None:
+        incoming = self.s_in.recv()
+        h = _step_in_period(self.time_step, int(self.period))
+        if int(self.depth) <= h < int(self.depth) + int(self.T):
+            out = max_pool_xyc(self.held, self.kernel, self.stride, self.padding)
+            self.s_out.send(out.astype(np.int32))
+        else:
+            self.s_out.send(np.zeros(self.s_out.shape, dtype=np.int32))
+        self.held[:] = incoming  # sent (pooled) at the next step: the synapse latency
+
+
+@implements(proc=SynapseFanout, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySynapseFanoutModel(PyLoihiProcessModel):
+    # int64 like a population's a_in: the sum of several wrapped 24-bit Conv outputs
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int64, precision=64)
+    a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int64, precision=64)
+    factor: int = LavaPyType(int, np.int32)
+    offset: int = LavaPyType(int, np.int32)
+
+    def run_spk(self) -> None:
+        f, o = int(self.factor), int(self.offset)
+        part = self.a_in.recv()
+        out = np.zeros(self.a_out.shape, dtype=np.int64)
+        out[:, :, o : o + part.shape[2]] = np.repeat(np.repeat(part, f, axis=0), f, axis=1)
+        self.a_out.send(out)

@@ -4,15 +4,23 @@
 
 The input holds integers ``x_int``: [B, C, H, W] (static, repeated for each logical step) or
 [T, B, C, H, W]. One Lava network is built for the graph (docs/semantics.md §3.3):
-``GradedSource`` -> [``SpikeDelay``] -> Lava ``Conv`` -> population ``a_in`` (an InPort fed by
-several Convs sums them), and every population's ``s_out`` -> an ``Extractor`` read once per
-step by this host process (``Var.get()`` costs ~35 µs per element, so it is never used). The B
-samples run back to back, ``qg.hw_steps`` hardware steps each, in the same network: the gating
-in ``lava_procs`` resets every population between samples, and Conv buffers and delay rings are
-empty at each boundary (every source is silent in a period's last steps), so this equals one
-fresh network per sample.
+``GradedSource`` -> [``SpikeDelay``] -> Lava ``Conv`` -> [``SynapseFanout``: upsampling and
+channel range] -> population ``a_in`` (an InPort fed by several Convs sums them); a maxpool
+population reads its source's ``s_out`` directly (it adds the step of latency itself); every
+population's ``s_out`` -> an ``Extractor`` read once per step by this host process
+(``Var.get()`` costs ~35 µs per element, so it is never used).
 
-OUT.npz: ``spike__<pop>`` int64 [T, B, C, H, W] for I-LIF populations (hardware steps
+A channel range is a pass-through placement, not zero weight rows: Lava's Conv computes every
+output channel in every step. Lava's ``Dense`` / ``Sparse`` are not used: their fixed_pt models
+(lava-nc 0.10.0) keep the dendritic sum in int32 without the 24-bit wrap of ``Conv`` and
+truncate mixed-sign 8-bit weights to even values, so a synapse built from them is not §3.2.
+
+The B samples run back to back, ``qg.hw_steps`` hardware steps each, in the same network: the
+gating in ``lava_procs`` resets every population between samples, and Conv buffers and delay
+rings are empty at each boundary (every source is silent in a period's last steps), so this
+equals one fresh network per sample.
+
+OUT.npz: ``spike__<pop>`` int64 [T, B, C, H, W] for spiking populations (hardware steps
 depth..depth+T-1), ``readout__<pop>`` int64 [B, C, H, W] (v_{T-1}) for readouts, and ``info``
 (JSON: compile and per-step seconds, steps). Errors: one line
 ``spikedet-lava: error: <what> (<where>)`` on stderr and exit status 2.
@@ -34,7 +42,7 @@ import numpy as np
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
 from spikedet.sim.engine import check_input
-from spikedet.sim.qgraph import QuantGraph
+from spikedet.sim.qgraph import QPopulation, QuantGraph
 
 # Extractor channels hold up to CHUNK steps of every population between two host reads; this
 # caps their shared memory (8 bytes per neuron and step, the Extractor sends float64).
@@ -79,11 +87,6 @@ def to_lava_groups(weight: np.ndarray, groups: int) -> tuple[np.ndarray, int]:
     return merged, new_groups
 
 
-def conv_out_hw(h: int, w: int, weight: np.ndarray, stride, padding) -> tuple[int, int]:
-    kh, kw = weight.shape[2:]
-    return (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
-
-
 def check_graph(qg: QuantGraph) -> None:
     """Reject graphs Lava cannot run as §3 says: shapes, depths vs delays, int32 conv sums."""
     if qg.message_bits < 1 or qg.input.bits < 1:
@@ -94,20 +97,27 @@ def check_graph(qg: QuantGraph) -> None:
     peak["input"] = (1 << qg.input.bits) - 1
     for p in qg.populations:
         # Lava compiles the processes connected to the one it runs; with an incoming synapse
-        # each population hangs off the input (populations are in topological order).
-        if not qg.incoming(p.name):
+        # (a maxpool: its source) each population hangs off the input (topological order).
+        if p.kind == "maxpool":
+            if p.depth != depth[p.src] + 1:
+                raise SpikedetError(
+                    f"depth({p.name})={p.depth} != depth({p.src})={depth[p.src]} + 1",
+                    f"population {p.name}",
+                )
+        elif not qg.incoming(p.name):
             raise SpikedetError("population has no incoming synapse", f"population {p.name}")
     for syn in qg.synapses:
         where = f"synapse {syn.name}"
         c_in, h, w = qg.src_shape(syn.src)
         dst = qg.pop(syn.dst)
-        if syn.weight.shape[1] * syn.groups != c_in or syn.weight.shape[0] != dst.shape[0]:
+        c_out = syn.weight.shape[0]
+        if syn.weight.shape[1] * syn.groups != c_in or syn.out_offset + c_out > dst.shape[0]:
             raise SpikedetError(
-                f"weight {syn.weight.shape} with groups={syn.groups} does not map "
-                f"{c_in} -> {dst.shape[0]} channels",
+                f"weight {syn.weight.shape} with groups={syn.groups} at channel offset "
+                f"{syn.out_offset} does not map {c_in} -> {dst.shape[0]} channels",
                 where,
             )
-        if conv_out_hw(h, w, syn.weight, syn.stride, syn.padding) != dst.shape[1:]:
+        if syn.output_shape((c_in, h, w))[1:] != dst.shape[1:]:
             raise SpikedetError(f"conv output does not match {dst.name} shape {dst.shape}", where)
         if depth[syn.dst] != depth[syn.src] + 1 + syn.delay:
             raise SpikedetError(
@@ -153,24 +163,14 @@ def build_network(
     model_map[source] = lp.PyGradedSourceModel
     pops, extractors = {}, {}
     for p in qg.populations:
-        common = dict(
-            shape=lava_shape(p.shape),
-            bias=p.bias,
-            theta=p.theta,
-            depth=p.depth,
-            T=qg.T,
-            period=period,
-            name=p.name,
-        )
-        if p.kind == "ilif":
-            proc = lp.ILIFPopulation(D=p.D, dv=p.dv, **common)
-            model_map[proc] = lp.PyILIFPopulationModel
-        else:
-            proc = lp.ReadoutPopulation(**common)
-            model_map[proc] = lp.PyReadoutPopulationModel
+        proc, model = _population_process(qg, p, period)
+        if p.kind == "maxpool":
+            pops[p.src].s_out.connect(proc.s_in)
+        model_map[proc] = model
         pops[p.name] = proc
         extractors[p.name] = Extractor(shape=lava_shape(p.shape), buffer_size=buffer_size)
         proc.s_out.connect(extractors[p.name].in_port)
+    fanouts: dict[tuple[str, int, int, int], object] = {}  # (dst, offset, Cout, factor)
     delays: dict[tuple[str, int], object] = {}  # one delay line per (source, delay), shared
     for syn in qg.synapses:
         out_port = source.s_out if syn.src == "input" else pops[syn.src].s_out
@@ -195,8 +195,57 @@ def build_network(
         )
         model_map[conv] = PyConvModelFixed
         out_port.connect(conv.s_in)
-        conv.a_out.connect(pops[syn.dst].a_in)
+        c_out, (c, h, w) = syn.weight.shape[0], qg.pop(syn.dst).shape
+        if syn.upsample == 1 and syn.out_offset == 0 and c_out == c:
+            conv.a_out.connect(pops[syn.dst].a_in)
+            continue
+        key = (syn.dst, syn.out_offset, c_out, syn.upsample)
+        if key not in fanouts:
+            fanout = lp.SynapseFanout(
+                shape=lava_shape((c_out, h // syn.upsample, w // syn.upsample)),
+                factor=syn.upsample,
+                offset=syn.out_offset,
+                channels=c,
+                name=f"{syn.dst}.fanout{len(fanouts)}",
+            )
+            model_map[fanout] = lp.PySynapseFanoutModel
+            fanout.a_out.connect(pops[syn.dst].a_in)
+            fanouts[key] = fanout
+        conv.a_out.connect(fanouts[key].a_in)
     return source, pops, extractors, model_map
+
+
+def _population_process(qg: QuantGraph, p: QPopulation, period: int) -> tuple[object, type]:
+    """The Lava process of population ``p`` and its fixed_pt model."""
+    from spikedet.sim import lava_procs as lp
+
+    if p.kind == "maxpool":
+        proc = lp.MaxPoolPopulation(
+            in_shape=lava_shape(qg.pop(p.src).shape),
+            shape=lava_shape(p.shape),
+            kernel=p.pool_kernel[::-1],  # Lava wants (X, Y) = (W, H) order
+            stride=p.pool_stride[::-1],
+            padding=p.pool_padding[::-1],
+            depth=p.depth,
+            T=qg.T,
+            period=period,
+            name=p.name,
+        )
+        return proc, lp.PyMaxPoolPopulationModel
+    common = dict(
+        shape=lava_shape(p.shape),
+        bias=p.bias,
+        theta=p.theta,
+        depth=p.depth,
+        T=qg.T,
+        period=period,
+        name=p.name,
+    )
+    if p.kind == "ilif":
+        return lp.ILIFPopulation(D=p.D, dv=p.dv, **common), lp.PyILIFPopulationModel
+    if p.kind == "lif":
+        return lp.LIFPopulation(vth=p.vth, dv=p.dv, **common), lp.PyLIFPopulationModel
+    return lp.ReadoutPopulation(**common), lp.PyReadoutPopulationModel
 
 
 def run_graph(
@@ -217,7 +266,9 @@ def run_graph(
     source, pops, extractors, model_map = build_network(qg, data, buffer_size=chunk)
     cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=model_map)
     spikes = {
-        p.name: np.zeros((T, batch, *p.shape), np.int64) for p in qg.populations if p.kind == "ilif"
+        p.name: np.zeros((T, batch, *p.shape), np.int64)
+        for p in qg.populations
+        if p.kind != "readout"
     }
     readouts = {
         p.name: np.zeros((batch, *p.shape), np.int64) for p in qg.populations if p.kind == "readout"
@@ -241,7 +292,7 @@ def run_graph(
                     t = h - p.depth
                     if 0 <= t < T:
                         chw = np.rint(frame).astype(np.int64).transpose(2, 1, 0)
-                        if p.kind == "ilif":
+                        if p.kind != "readout":
                             spikes[p.name][t, sample] = chw
                         elif t == T - 1:
                             readouts[p.name][sample] = chw

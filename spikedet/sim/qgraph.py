@@ -2,6 +2,12 @@
 
 Plain dataclasses validated at construction, saved as one ``.npz`` (arrays) with a JSON header,
 readable with numpy 1.x (inside ``.venv-lava``) and 2.x. Semantics: docs/semantics.md §3.
+
+Population kinds (§3.2): ``ilif`` (graded spikes 0..D, soft reset), ``lif`` (binary spikes,
+hard reset, integer threshold ``vth``), ``maxpool`` (no state: the integer max-pool of its
+source population ``src``, one step later, no incoming synapse) and ``readout`` (integrator).
+Synapses may write a channel range of their destination (``out_offset``, §2.7) and repeat
+their output nearest-neighbour (``upsample``, §2.8).
 """
 
 from __future__ import annotations
@@ -17,7 +23,24 @@ from spikedet.fileio import atomic_path
 
 STATE_BITS = 24
 DECAY_BITS = 12
-POP_KINDS = ("ilif", "readout")
+POP_KINDS = ("ilif", "lif", "maxpool", "readout")
+SPIKING_KINDS = ("ilif", "lif", "maxpool")  # kinds whose output other populations may read
+FILE_FORMAT = 2  # npz header format; 1 = before the lif / maxpool / out_offset / upsample fields
+
+
+def conv_output_hw(
+    hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+) -> tuple[int, int]:
+    """Output size of a cross-correlation or pooling window: floor((n + 2p - k) / s) + 1."""
+    h, w = (
+        (int(n) + 2 * int(p) - int(k)) // int(s) + 1
+        for n, k, s, p in zip(hw, kernel, stride, padding)
+    )
+    return h, w
+
+
+def _pair(value: object) -> tuple[int, int]:
+    return tuple(int(v) for v in value)  # type: ignore[union-attr, return-value]
 
 
 @dataclass
@@ -36,7 +59,11 @@ class QInput:
 
 @dataclass
 class QPopulation:
-    """A neuron population (docs/semantics.md §3.2): I-LIF or a non-spiking readout."""
+    """A population (docs/semantics.md §3.2): I-LIF, LIF, max-pool or a non-spiking readout.
+
+    ``theta`` (state units per float membrane unit) is unused by ``maxpool`` populations (0 by
+    convention), which also have a zero bias, ``dv`` 0 and ``D`` = their source's D.
+    """
 
     name: str
     kind: str
@@ -44,13 +71,22 @@ class QPopulation:
     theta: int
     bias: np.ndarray  # int64, (C,)
     depth: int = 0
-    D: int = 0  # spike levels (ilif)
+    D: int = 0  # spike levels (ilif; lif: 1; maxpool: the source's D)
     dv: int = 0  # 12-bit voltage decay: u <- u * (4096 - dv) >> 12
     metadata: dict = field(default_factory=dict)
+    vth: int = 0  # lif: integer threshold V_th * theta (s = [u > vth])
+    src: str = ""  # maxpool: the source population
+    pool_kernel: tuple[int, int] = (1, 1)  # maxpool window (H, W)
+    pool_stride: tuple[int, int] = (1, 1)
+    pool_padding: tuple[int, int] = (0, 0)  # zero padding (neutral for spikes >= 0)
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(v) for v in self.shape)  # type: ignore[assignment]
         self.bias = np.asarray(self.bias, dtype=np.int64).reshape(-1)
+        self.pool_kernel = _pair(self.pool_kernel)
+        self.pool_stride = _pair(self.pool_stride)
+        self.pool_padding = _pair(self.pool_padding)
+        self.vth, self.D, self.dv = int(self.vth), int(self.D), int(self.dv)
         where = f"population {self.name}"
         if self.kind not in POP_KINDS:
             raise SpikedetError(f"unknown population kind {self.kind!r}", where)
@@ -58,12 +94,33 @@ class QPopulation:
             raise SpikedetError(f"shape must be (C, H, W), got {self.shape}", where)
         if self.bias.shape != (self.shape[0],):
             raise SpikedetError(f"bias has {self.bias.shape}, expected ({self.shape[0]},)", where)
-        if self.theta < 2 or self.theta % 2:
+        if self.kind == "maxpool":
+            self._check_maxpool(where)
+        elif self.theta < 2 or self.theta % 2:
             raise SpikedetError(f"theta must be an even integer >= 2, got {self.theta}", where)
         if self.kind == "ilif" and not (1 <= self.D <= 255):
             raise SpikedetError(f"D must be in 1..255, got {self.D}", where)
+        if self.kind == "lif" and self.D != 1:
+            raise SpikedetError(f"a lif population has D = 1, got {self.D}", where)
+        if self.kind == "lif" and abs(self.vth) >= 1 << (STATE_BITS - 1):
+            raise SpikedetError(f"vth={self.vth} does not fit the {STATE_BITS}-bit state", where)
         if not (0 <= self.dv < 1 << DECAY_BITS):
             raise SpikedetError(f"dv must be a 12-bit decay, got {self.dv}", where)
+
+    def _check_maxpool(self, where: str) -> None:
+        if not self.src:
+            raise SpikedetError("a maxpool population needs its source population src", where)
+        if not (1 <= self.D <= 255):
+            raise SpikedetError(f"D must be in 1..255 (the source's), got {self.D}", where)
+        if self.bias.any() or self.dv or self.theta < 0:
+            raise SpikedetError("a maxpool population has no bias, decay or theta", where)
+        ok = min(self.pool_kernel) >= 1 and min(self.pool_stride) >= 1
+        if not ok or min(self.pool_padding) < 0:
+            raise SpikedetError(
+                f"bad pool kernel {self.pool_kernel}, stride {self.pool_stride} or padding "
+                f"{self.pool_padding}",
+                where,
+            )
 
     @property
     def size(self) -> int:
@@ -82,18 +139,33 @@ class QSynapse:
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
     delay: int = 0  # extra steps beyond the one-step synapse latency (§3.3)
+    out_offset: int = 0  # first destination channel written (§2.7); Cout = weight.shape[0]
+    upsample: int = 1  # nearest-neighbour factor applied to the (wrapped) conv output (§2.8)
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.int64)
-        self.stride = tuple(int(v) for v in self.stride)  # type: ignore[assignment]
-        self.padding = tuple(int(v) for v in self.padding)  # type: ignore[assignment]
+        self.stride = _pair(self.stride)
+        self.padding = _pair(self.padding)
+        self.groups, self.delay = int(self.groups), int(self.delay)
+        self.out_offset, self.upsample = int(self.out_offset), int(self.upsample)
         where = f"synapse {self.name}"
         if self.weight.ndim != 4:
             raise SpikedetError(f"conv weight must be 4-D, got {self.weight.shape}", where)
-        if self.weight.shape[0] % self.groups:
+        if self.groups < 1 or self.weight.shape[0] % self.groups:
             raise SpikedetError("output channels not divisible by groups", where)
         if self.delay < 0:
             raise SpikedetError(f"negative delay {self.delay}", where)
+        if self.out_offset < 0 or self.upsample < 1:
+            raise SpikedetError(
+                f"out_offset must be >= 0 and upsample >= 1, got {self.out_offset}, "
+                f"{self.upsample}",
+                where,
+            )
+
+    def output_shape(self, src_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(Cout, f*H', f*W'): the conv output of a (C, H, W) source, upsampled by f."""
+        h, w = conv_output_hw(src_shape[1:], self.weight.shape[2:], self.stride, self.padding)
+        return int(self.weight.shape[0]), h * self.upsample, w * self.upsample
 
 
 @dataclass
@@ -114,12 +186,40 @@ class QuantGraph:
         order = {n: i for i, n in enumerate(names)}
         order["input"] = -1
         for s in self.synapses:
-            if s.src not in order or s.dst not in order:
-                raise SpikedetError(f"unknown endpoint {s.src} -> {s.dst}", f"synapse {s.name}")
+            where = f"synapse {s.name}"
+            if s.src not in order or s.dst not in order or s.dst == "input":
+                raise SpikedetError(f"unknown endpoint {s.src} -> {s.dst}", where)
             if order[s.src] >= order[s.dst]:
-                raise SpikedetError("populations are not in topological order", f"synapse {s.name}")
-            if s.src != "input" and self.pop(s.src).kind != "ilif":
-                raise SpikedetError("a readout cannot be a synapse source", f"synapse {s.name}")
+                raise SpikedetError("populations are not in topological order", where)
+            if s.src != "input" and self.pop(s.src).kind not in SPIKING_KINDS:
+                raise SpikedetError("a readout cannot be a synapse source", where)
+            dst = self.pop(s.dst)
+            if dst.kind == "maxpool":
+                raise SpikedetError("a maxpool population has no incoming synapse", where)
+            if s.out_offset + s.weight.shape[0] > dst.shape[0]:
+                raise SpikedetError(
+                    f"writes channels {s.out_offset}..{s.out_offset + s.weight.shape[0] - 1} "
+                    f"of {s.dst}, which has {dst.shape[0]}",
+                    where,
+                )
+        for p in self.populations:
+            if p.kind == "maxpool":
+                self._check_maxpool(p, order)
+
+    def _check_maxpool(self, p: QPopulation, order: dict[str, int]) -> None:
+        where = f"population {p.name}"
+        if p.src not in order or p.src == "input" or order[p.src] >= order[p.name]:
+            raise SpikedetError(f"source {p.src!r} is not an earlier population", where)
+        src = self.pop(p.src)
+        if src.kind not in SPIKING_KINDS:
+            raise SpikedetError(f"source {p.src} is a {src.kind}, not a spiking population", where)
+        h, w = conv_output_hw(src.shape[1:], p.pool_kernel, p.pool_stride, p.pool_padding)
+        if p.D != src.D or p.shape != (src.shape[0], h, w):
+            raise SpikedetError(
+                f"max-pool of {p.src} {src.shape} (D={src.D}) gives {(src.shape[0], h, w)} "
+                f"(D={src.D}), not {p.shape} (D={p.D})",
+                where,
+            )
 
     def pop(self, name: str) -> QPopulation:
         for p in self.populations:
@@ -128,6 +228,7 @@ class QuantGraph:
         raise KeyError(name)
 
     def incoming(self, name: str) -> list[QSynapse]:
+        """The synapses into ``name`` (none for a maxpool population: it reads ``src``)."""
         return [s for s in self.synapses if s.dst == name]
 
     def src_shape(self, src: str) -> tuple[int, int, int]:
@@ -142,7 +243,7 @@ class QuantGraph:
     def save(self, path: str | Path) -> None:
         arrays: dict[str, np.ndarray] = {}
         header = {
-            "format": 1,
+            "format": FILE_FORMAT,
             "T": self.T,
             "message_bits": self.message_bits,
             "metadata": self.metadata,
@@ -166,6 +267,11 @@ class QuantGraph:
                     "D": p.D,
                     "dv": p.dv,
                     "metadata": p.metadata,
+                    "vth": p.vth,
+                    "src": p.src,
+                    "pool_kernel": list(p.pool_kernel),
+                    "pool_stride": list(p.pool_stride),
+                    "pool_padding": list(p.pool_padding),
                 }
             )
         for i, s in enumerate(self.synapses):
@@ -179,6 +285,8 @@ class QuantGraph:
                     "padding": list(s.padding),
                     "groups": s.groups,
                     "delay": s.delay,
+                    "out_offset": s.out_offset,
+                    "upsample": s.upsample,
                 }
             )
         arrays["header"] = np.array(json.dumps(header))
@@ -187,9 +295,17 @@ class QuantGraph:
 
     @classmethod
     def load(cls, path: str | Path) -> QuantGraph:
+        """Read a graph written by ``save``; files of format 1 (without the lif / maxpool /
+        out_offset / upsample fields) load with those fields at their defaults."""
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(str(z["header"]))
+                if header.get("format", 1) not in (1, FILE_FORMAT):
+                    raise SpikedetError(
+                        f"quantized graph format {header.get('format')!r}; this reader knows "
+                        f"1..{FILE_FORMAT}",
+                        str(path),
+                    )
                 pops = [
                     QPopulation(bias=z[f"p{i}_bias"], **h)
                     for i, h in enumerate(header["populations"])

@@ -21,6 +21,7 @@ IoU (YOLOv5 keeps the last written one, which depends on ordering); this keeps i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -107,6 +108,61 @@ def match_targets(
     rows = target_idx.expand(5, -1)[use]
     anchors_out = anchor_idx.expand(5, -1)[use]
     return rows, anchors_out, cells
+
+
+def matched_share(wh: np.ndarray, anchors: np.ndarray, anchor_t: float = ANCHOR_T) -> float:
+    """Share of boxes ``wh [N, 2]`` (pixels) that at least one of ``anchors [..., 2]`` (pixels)
+    matches under the ``match_targets`` rule max(r, 1/r) < anchor_t on both sides, r = wh / A."""
+    wh = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
+    anchors = np.asarray(anchors, dtype=np.float64).reshape(-1, 2)
+    if len(wh) == 0:
+        return 0.0
+    ratio = wh[:, None, :] / anchors[None]
+    return float((np.maximum(ratio, 1.0 / ratio).max(-1) < anchor_t).any(1).mean())
+
+
+def fit_anchors(
+    wh: np.ndarray,
+    n_levels: int = 2,
+    na: int = 3,
+    weights: np.ndarray | None = None,
+    iters: int = 200,
+) -> np.ndarray:
+    """Anchors for box sizes ``wh [N, 2]`` (pixels at the model's imgsz): k-means, k = levels·na.
+
+    Clustering runs on log sizes with the distance max(|log(w/A_w)|, |log(h/A_h)|), which is
+    log max(r, 1/r), the quantity ``match_targets`` compares with anchor_t, so a cluster is a set
+    of boxes that fit one anchor best. Each anchor moves to the ``weights``-weighted mean log
+    size (geometric mean) of its boxes; the start is the boxes at the k area quantiles, so the
+    result is deterministic. Returns ``[n_levels, na, 2]`` sorted by area, the smallest anchors
+    at the finest stride (as YOLOv5's autoanchor orders them).
+    """
+    wh = np.asarray(wh, dtype=np.float64)
+    k = int(n_levels) * int(na)
+    if wh.ndim != 2 or wh.shape[1] != 2 or not np.all(np.isfinite(wh)) or np.any(wh <= 0):
+        raise SpikedetError(f"box sizes must be a finite positive [N, 2] array, got {wh.shape}",
+                            "fit_anchors")  # fmt: skip
+    if k < 1 or len(wh) < k:
+        raise SpikedetError(f"{len(wh)} boxes cannot give {k} anchors", "fit_anchors")
+    w = np.ones(len(wh)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(wh),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise SpikedetError("weights must be N finite values >= 0, not all 0", "fit_anchors")
+    log_wh = np.log(wh)
+    by_area = np.argsort(log_wh.sum(1), kind="stable")
+    centres = log_wh[by_area[((np.arange(k) + 0.5) / k * len(wh)).astype(np.int64)]]
+    for _ in range(iters):
+        nearest = np.abs(log_wh[:, None] - centres[None]).max(-1).argmin(1)
+        moved = centres.copy()
+        for j in range(k):
+            member_w = np.where(nearest == j, w, 0.0)
+            if member_w.sum() > 0:  # an empty cluster keeps its anchor
+                moved[j] = member_w @ log_wh / member_w.sum()
+        if np.array_equal(moved, centres):
+            break
+        centres = moved
+    anchors = np.exp(centres)
+    anchors = anchors[np.argsort(anchors.prod(1), kind="stable")]
+    return anchors.reshape(int(n_levels), int(na), 2)
 
 
 class AnchorLoss:

@@ -5,11 +5,13 @@ with ``%`` (``% Height``/``% Width`` optional, default 240 x 304), then 2 bytes 
 12, event size 8), then little-endian records ``uint32 t_us, uint32 w`` with
 ``x = w & 0x3FFF``, ``y = (w >> 14) & 0x3FFF``, ``p = (w >> 28) & 1`` and bits 29-31 zero.
 
-Two readers return the same ``EVENT_DTYPE`` array (expelliarmus' own output layout):
-``read_dat(path)`` uses expelliarmus (fast C decoder) and ``read_dat(path, backend="numpy")`` a
-memmap decoder; ``DatFile`` gives windowed access. All of them check the header, the
-type/size bytes, a body length that is a multiple of 8, p in {0, 1} (bits 29-31 zero), x < width,
-y < height and non-decreasing timestamps, and raise ``SpikedetError`` naming the file.
+Readers, all returning ``EVENT_DTYPE`` (expelliarmus' own output layout) and all checking the
+header, the type/size bytes, a body length that is a multiple of 8, p in {0, 1} (bits 29-31
+zero), x < width, y < height and non-decreasing timestamps, raising ``SpikedetError`` naming the
+file and the first bad event:
+- ``read_dat(path)``: the chunked numpy decoder ``read_dat_body`` (default, the fastest),
+- ``read_dat(path, backend="expelliarmus")``: expelliarmus' C decoder, then the same checks,
+- ``DatFile(path).window(t0, t1)``: memmap access to a time window.
 
 Backward timestamps: expelliarmus treats a backward step as a 32-bit overflow and adds 2^32 µs to
 every later event. Gen1 files last 60 s (a real wrap needs 71.6 min), so any decoded t >= 2^32,
@@ -21,6 +23,7 @@ column (what RVT does) and emits a ``RuntimeWarning``.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +48,12 @@ BBOX_DTYPE_ORIGINAL = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w",
                                 ("track_id", "<u4")])  # fmt: skip
 _VALID_TYPES = (0, 12)  # Event2D (Gen1/ATIS) and EventCD (Metavision)
 _MAX_HEADER_BYTES = 1 << 16
+# Records decoded per pass of read_dat_body. Each numpy call costs ~1 us, so chunks must be large;
+# the chunk's buffers (~40 B per event) should stay near the 1 MiB L2. Measured on 5 M events:
+# 16k 0.96x, 32k 1.02x, 64k 1.04x, 128k 0.82-0.93x the speed of expelliarmus.
+CHUNK_EVENTS = 1 << 16
+_X_AND_HIGH_BITS = np.uint32(0xE000_3FFF)  # x plus bits 29-31: over `width` if either is bad
+_Y_AT_16 = np.uint32(0x3FFF_0000)  # y after w << 2: already in place for the x | y << 16 word
 
 
 @dataclass(frozen=True)
@@ -104,35 +113,61 @@ def read_dat_header(path: str | os.PathLike) -> DatHeader:
     return DatHeader(where, tuple(lines), event_type, event_size, height, width, pos + 2, body // 8)
 
 
-def _first_backward(raw_t: np.ndarray) -> int:
-    """Index of the first event whose raw timestamp is smaller than its predecessor's, or -1."""
-    bad = np.flatnonzero(raw_t[1:] < raw_t[:-1])
-    return int(bad[0]) + 1 if bad.size else -1
+def _check_policy(backend: str, on_backward: str) -> None:
+    if backend not in ("numpy", "expelliarmus"):
+        raise SpikedetError(f"unknown backend '{backend}'", "read_dat")
+    if on_backward not in ("error", "clamp"):
+        raise SpikedetError(
+            f"on_backward must be 'error' or 'clamp', got '{on_backward}'", "read_dat"
+        )
+
+
+def _backward_step(header: DatHeader, k: int, before: int, after: int, on_backward: str) -> None:
+    """Report the first backward step (event k): raise, or warn that t gets clamped."""
+    msg = f"timestamps go backwards at event {k} ({before} -> {after} us)"
+    if on_backward != "clamp":
+        raise SpikedetError(msg, header.path)
+    warnings.warn(f"{msg}; clamped to the running maximum ({header.path})", RuntimeWarning, 3)
 
 
 def _backward(header: DatHeader, raw_t: np.ndarray, on_backward: str) -> np.ndarray | None:
     """Apply the backward-timestamp policy; return clamped int64 times or None if monotonic."""
-    k = _first_backward(raw_t)
-    if k < 0:
+    bad = np.flatnonzero(raw_t[1:] < raw_t[:-1])
+    if bad.size == 0:
         return None
-    msg = f"timestamps go backwards at event {k} ({int(raw_t[k - 1])} -> {int(raw_t[k])} us)"
-    if on_backward != "clamp":
-        raise SpikedetError(msg, header.path)
-    warnings.warn(f"{msg}; clamped to the running maximum ({header.path})", RuntimeWarning, 2)
+    k = int(bad[0]) + 1
+    _backward_step(header, k, int(raw_t[k - 1]), int(raw_t[k]), on_backward)
     return np.maximum.accumulate(raw_t).astype(np.int64)
+
+
+def _raise_first_bad(
+    header: DatHeader, x: np.ndarray, y: np.ndarray, nibble: np.ndarray, first_index: int
+) -> None:
+    """Raise for the first event (file order) with bits 29-31 set, x >= width or y >= height.
+
+    ``nibble`` is w >> 28 (expelliarmus' p column). Several faults at one event: p, x, y.
+    """
+    faults = (
+        (nibble >= 2, "polarity bits 29-31 set", "p", nibble),
+        (x >= header.width, f"x >= width {header.width}", "x", x),
+        (y >= header.height, f"y >= height {header.height}", "y", y),
+    )
+    firsts = [int(np.argmax(mask)) if mask.any() else len(mask) for mask, *_ in faults]
+    k = min(firsts)
+    if k < len(x):
+        _, what, field, column = faults[firsts.index(k)]
+        msg = f"event {k + first_index}: {what} ({field} = {int(column[k])})"
+        raise SpikedetError(msg, header.path)
 
 
 def _check_decoded(header: DatHeader, ev: np.ndarray, first_index: int = 0) -> None:
     """p in {0, 1} (expelliarmus returns the whole bit 28-31 nibble), x < width, y < height."""
-    if ev.size == 0:
-        return
-    for field, limit, what in (("p", 2, "polarity bits 29-31 set"),
-                               ("x", header.width, f"x >= width {header.width}"),
-                               ("y", header.height, f"y >= height {header.height}")):  # fmt: skip
-        column = ev[field]
-        if int(column.max()) >= limit:
-            k = int(np.argmax(column >= limit)) + first_index
-            raise SpikedetError(f"event {k}: {what} ({field} = {int(column.max())})", header.path)
+    if ev.size and (
+        int(ev["p"].max()) >= 2
+        or int(ev["x"].max()) >= header.width
+        or int(ev["y"].max()) >= header.height
+    ):
+        _raise_first_bad(header, ev["x"], ev["y"], ev["p"], first_index)
 
 
 def raw_events(header: DatHeader) -> np.ndarray:
@@ -154,26 +189,22 @@ def decode_raw(raw: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
 
 
 def read_dat(
-    path: str | os.PathLike, backend: str = "expelliarmus", on_backward: str = "error"
+    path: str | os.PathLike, backend: str = "numpy", on_backward: str = "error"
 ) -> np.ndarray:
     """Read and check a whole ``.dat`` file -> ``EVENT_DTYPE`` [N] (t int64 µs, x, y, p).
 
-    ``backend``: ``"expelliarmus"`` (C decoder) or ``"numpy"`` (memmap decoder). A file with a
-    header and the type/size bytes but no events gives an empty array.
+    ``backend``: ``"numpy"`` (``read_dat_body``, chunked, the default) or ``"expelliarmus"`` (C
+    decoder, then the checks). A header with the type/size bytes but no events gives [0].
     """
-    if backend not in ("expelliarmus", "numpy"):
-        raise SpikedetError(f"unknown backend '{backend}'", "read_dat")
-    if on_backward not in ("error", "clamp"):
-        raise SpikedetError(
-            f"on_backward must be 'error' or 'clamp', got '{on_backward}'", "read_dat"
-        )
+    _check_policy(backend, on_backward)
     header = read_dat_header(path)
+    if backend == "numpy" and sys.byteorder == "little":  # its word views assume little-endian
+        return read_dat_body(header, on_backward)
     if header.n_events == 0:
         return np.zeros(0, EVENT_DTYPE)
     if backend == "numpy":
         raw = raw_events(header)
-        clamped = _backward(header, raw["t"], on_backward)
-        ev = decode_raw(raw, clamped)
+        ev = decode_raw(raw, _backward(header, raw["t"], on_backward))
     else:
         ev = _read_expelliarmus(header)
         # Each backward step adds 2^32 to all later events, so one look at the last t tells.
@@ -184,6 +215,91 @@ def read_dat(
             ev["t"] = clamped
     _check_decoded(header, ev)
     return ev
+
+
+def read_dat_body(
+    header: DatHeader, on_backward: str = "error", chunk_events: int = CHUNK_EVENTS
+) -> np.ndarray:
+    """Decode and check every event of a file whose header was read -> ``EVENT_DTYPE`` [N].
+
+    One pass over the file in chunks of ``chunk_events`` records read into one reused buffer, so
+    each chunk is decoded and checked while it is in cache (full-array passes are memory-bound).
+    Per chunk, viewing the buffer as uint64 at byte offsets 0 and 4 and casting to uint32 gives
+    the t and w columns in one contiguous pass each. Checks: t[i] >= t[i-1] (across chunks too),
+    ``w & 0xE0003FFF < width`` (x inside and bits 29-31 clear, so p = w >> 28 is 0 or 1) and
+    ``(w << 2) & 0x3FFF0000 < height << 16`` (y inside). Output rows are written as uint32 words
+    ``[t, 0, x | y << 16, p]``: EVENT_DTYPE's little-endian layout, its 3 padding bytes zero.
+    """
+    _check_policy("numpy", on_backward)
+    n = header.n_events
+    out = np.empty(n, EVENT_DTYPE)
+    if n == 0:
+        return out
+    size = max(1, min(int(chunk_events), n))
+    words = out.view(np.uint32).reshape(n, 4)
+    t_out = out.view(np.uint64).reshape(n, 2)[:, 0]
+    buffer = np.zeros(8 * size + 8, np.uint8)  # +8: the w view's last element reads 4 bytes on
+    t_words, w_words = buffer[: 8 * size].view(np.uint64), buffer[4 : 8 * size + 4].view(np.uint64)
+    t, w, low = (np.empty(size, np.uint32) for _ in range(3))
+    order, where = _TimeOrder(header, on_backward, size), header.path
+    try:
+        fh = open(where, "rb", buffering=0)
+    except OSError as err:
+        raise SpikedetError(f"cannot read: {err.strerror}", where) from None
+    with fh:
+        fh.seek(header.data_offset)
+        for lo in range(0, n, size):
+            k = min(size, n - lo)
+            if k < size:  # the last, shorter chunk
+                t_words, w_words, t, w, low = t_words[:k], w_words[:k], t[:k], w[:k], low[:k]
+            if fh.readinto(memoryview(buffer)[: 8 * k]) != 8 * k:  # short only at the end
+                raise SpikedetError("file got shorter while reading (changed on disk?)", where)
+            np.copyto(t, t_words, casting="unsafe")  # low halves of the uint64s: t
+            np.copyto(w, w_words, casting="unsafe")  # w (the next record's t is cut off)
+            order.check(t, lo)
+            np.copyto(t_out[lo : lo + k], t)
+            np.bitwise_and(w, _X_AND_HIGH_BITS, out=low)
+            bad = np.maximum.reduce(low) >= header.width
+            block = words[lo : lo + k]
+            np.right_shift(w, 28, out=t)  # p, into t's now free buffer: a shift into a strided
+            np.copyto(block[:, 3], t)  # output is a slow loop, a shift + plain copy is not
+            np.left_shift(w, 2, out=w)
+            np.bitwise_and(w, _Y_AT_16, out=w)
+            if bad or np.maximum.reduce(w) >= header.height << 16:
+                raw_w = buffer[: 8 * k].view("<u4")[1::2]
+                _raise_first_bad(header, raw_w & 0x3FFF, (raw_w >> 14) & 0x3FFF, raw_w >> 28, lo)
+            np.bitwise_or(low, w, out=block[:, 2])
+    return out
+
+
+class _TimeOrder:
+    """The t check of ``read_dat_body`` across chunks: t[i] >= t[i-1] on the raw column.
+
+    The first decrease raises (``on_backward="error"``) or warns once (``"clamp"``); when
+    clamping, every chunk's t becomes the running maximum of the raw column so far.
+    """
+
+    def __init__(self, header: DatHeader, on_backward: str, size: int):
+        self.header, self.on_backward = header, on_backward
+        self.back = np.empty(max(size - 1, 0), bool)
+        self.last_raw = self.run_max = -1  # raw t of the previous event; largest raw t so far
+        self.clamping = False
+
+    def check(self, t: np.ndarray, first_index: int) -> None:
+        """Check the chunk ``t`` (events ``first_index...``); clamp it in place if so decided."""
+        back = self.back[: len(t) - 1]
+        np.less(t[1:], t[:-1], out=back)
+        first_raw, end_raw = int(t[0]), int(t[-1])
+        if np.count_nonzero(back) or first_raw < self.run_max:
+            if not self.clamping:  # the file's first backward step: raise or warn once
+                j = -1 if first_raw < self.last_raw else int(np.argmax(back))
+                before = self.last_raw if j < 0 else int(t[j])
+                k = first_index + j + 1
+                _backward_step(self.header, k, before, int(t[j + 1]), self.on_backward)
+                self.clamping = True
+            np.maximum.accumulate(t, out=t)
+            np.maximum(t, max(self.run_max, 0), out=t)
+        self.last_raw, self.run_max = end_raw, int(t[-1])
 
 
 def _read_expelliarmus(header: DatHeader) -> np.ndarray:

@@ -6,16 +6,25 @@ happen on currents. Each block has ``forward`` (numbers) and ``trace`` (structur
 ``trace`` mirrors ``forward`` on symbolic values so the NIR exporter needs no tracing of torch
 ops. The contract of ``trace`` (docs/semantics.md §2):
 
-- a *current* is a ``Current``: the tuple of conv-node names whose outputs sum into it;
-- ``builder.spikes(current, neuron)`` returns the population reading that current (the builder
-  reuses one population for equal currents, since I-LIFs on the same input spike identically);
-- ``builder.conv(src, conv_bn)`` adds a (BN-folded) conv node fed by a population (or the
-  graph input when ``src`` is ``builder.input``) and returns its ``Current``;
-- ``builder.readout(current, role)`` ends a current in a non-spiking integrator.
+- a *current* is a ``Current``: a symbolic linear expression, the sum of its terms. A term is
+  owned by the builder (``spikedet.convert.nir_terms.Term``: a source - the input, a
+  population's spikes or a max-pooled current - then composed linear maps, a channel embedding
+  and an upsampling factor); ``a + b`` concatenates the term lists;
+- ``builder.conv(src, synapse)`` returns the current of a (BN-folded) conv reading a population,
+  a list of populations (their channel concatenation) or ``builder.input``;
+- ``builder.linear(current, module)`` applies a conv or an average pool to a current,
+  ``builder.concat(currents, owner)`` concatenates channels, ``builder.upsample(current, module)``
+  upsamples (nearest x2): all three only rewrite terms (§2.6-2.8);
+- the consumers materialise terms into NIR nodes: ``builder.spikes(current, neuron)`` returns the
+  population reading a current (one population for equal currents and parameters: such neurons
+  spike identically), ``builder.max_pool(current, pool)`` max-pools a current (§2.8),
+  ``builder.pool_spikes(population, pool, neuron, part)`` max-pools spikes (§2.7b), and
+  ``builder.readout(current, role)`` ends a current in a non-spiking integrator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch.nn.functional as F
@@ -25,20 +34,33 @@ from spikedet.train.neurons import ILIF
 
 
 class Current(NamedTuple):
-    """Symbolic membrane input: the conv nodes whose outputs are summed (fan-in)."""
+    """Symbolic membrane input: the terms (builder-defined) whose values are summed (fan-in)."""
 
-    terms: tuple[str, ...]
+    terms: tuple[Any, ...]
 
     def __add__(self, other: Current) -> Current:  # type: ignore[override]
         return Current(self.terms + other.terms)
 
 
 class Builder(Protocol):
+    """What ``trace`` may call (implemented by ``spikedet.convert.nir_builder.NIRBuilder``)."""
+
     input: Any
+    T: int
 
-    def spikes(self, current: Current, neuron: ILIF) -> Any: ...
+    def spikes(self, current: Current, neuron: nn.Module, part: int | None = None) -> Any: ...
 
-    def conv(self, src: Any, conv_bn: ConvBN) -> Current: ...
+    def conv(self, src: Any, synapse: nn.Module) -> Current: ...
+
+    def linear(self, current: Current, module: nn.Module) -> Current: ...
+
+    def concat(self, currents: Sequence[Current], owner: nn.Module, label: str = "") -> Current: ...
+
+    def upsample(self, current: Current, module: nn.Module, scale: int = 2) -> Current: ...
+
+    def max_pool(self, current: Current, pool: nn.Module) -> Current: ...
+
+    def pool_spikes(self, src: Any, pool: nn.Module, neuron: nn.Module, part: int) -> Any: ...
 
     def readout(self, current: Current, role: str) -> str: ...
 

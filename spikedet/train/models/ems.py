@@ -19,6 +19,13 @@ Families (``EMS_MODEL_NAMES``):
   but the two SiLU ``Conv`` head layers are spiking ``LCB``s (same parameters), and the shortcut
   convs of ``BasicBlock_2`` read spikes; 80 classes, T = 4. Parameters equal resnet34-cat's.
 - ``ems-pico``: a quarter-width "-ee" model for tests (64 px, T = 2).
+- ``<name>-avg`` (config ``pool: "avg"``): every shortcut pooling is an average pool with the
+  same kernel and stride instead of the paper's max pool (``pool: "max"``, the default).
+
+Export (``trace``, docs/semantics.md §2.5-2.9): LIF populations, shortcut convs on currents
+composed into the convs before them, concatenations as channel embeddings; a max-pooled current
+is the ``max_pool`` extension op (float only, no spike-driven hardware form), while the ``-avg``
+variant's pooling composes like a conv, so its graph has no extension ops.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikedet.errors import SpikedetError
+from spikedet.train.models.blocks import Builder, Current
 from spikedet.train.neurons import LIF
 
 V_TH = 0.5  # EMS LIF threshold; BN weights are initialised relative to it
@@ -41,6 +49,8 @@ NUM_ANCHORS = 3
 STRIDES = (16, 32)
 _COCO_ANCHORS = [[[10, 14], [23, 27], [37, 58]], [[81, 82], [135, 169], [344, 319]]]
 _GEN1_ANCHORS = [[[10, 14], [23, 27], [37, 58]], [[81, 82], [135, 169], [216, 269]]]
+POOL_KINDS = ("max", "avg")
+AVG_SUFFIX = "-avg"  # model name suffix of the average-pool variant
 
 
 def per_step(module: nn.Module, x: Tensor) -> Tensor:
@@ -78,16 +88,28 @@ class LCB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.cb(self.lif(x))
 
+    def trace(self, g: Builder, x: Current) -> Current:
+        return g.conv(g.spikes(x, self.lif), self.cb)
+
 
 class Pool(nn.Module):
-    """Max-pool kernel = stride = s over H, W at every time step (MaxPool3d((1, s, s)))."""
+    """Max-pool kernel = stride = s over H, W at every time step (MaxPool3d((1, s, s))), or
+    with ``kind="avg"`` the average pool of the same window (the deployable variant)."""
 
-    def __init__(self, s: int):
+    def __init__(self, s: int, kind: str = "max"):
         super().__init__()
-        self.pool = nn.MaxPool2d(s, s)
+        if kind not in POOL_KINDS:
+            raise SpikedetError(f"pool must be one of {list(POOL_KINDS)}, got {kind!r}", "ems")
+        self.pool = nn.MaxPool2d(s, s) if kind == "max" else nn.AvgPool2d(s, s)
 
     def forward(self, x: Tensor) -> Tensor:
         return per_step(self.pool, x)
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        """Max: the §2.8 max_pool op on the current; avg: a linear map composed away (§2.6)."""
+        if isinstance(self.pool, nn.MaxPool2d):
+            return g.max_pool(x, self.pool)
+        return g.linear(x, self.pool)
 
 
 class Sample(nn.Module):
@@ -95,6 +117,9 @@ class Sample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return per_step(lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"), x)
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        return g.upsample(x, self, 2)
 
 
 class Residual(nn.Module):
@@ -108,6 +133,9 @@ class Residual(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.b(self.a(x))
 
+    def trace(self, g: Builder, x: Current) -> Current:
+        return self.b.trace(g, self.a.trace(g, x))
+
 
 class BasicBlock(nn.Module):
     """y = Residual(x) + shortcut(x) (MS-Block / EMS-Block1).
@@ -117,18 +145,29 @@ class BasicBlock(nn.Module):
     EMS-YOLO code); full width (BasicBlock_2): Chid = Cout, spiking shortcut.
     """
 
-    def __init__(self, cin: int, cout: int, k: int = 3, s: int = 1, half: bool = True):
+    def __init__(
+        self, cin: int, cout: int, k: int = 3, s: int = 1, half: bool = True, pool: str = "max"
+    ):
         super().__init__()
         self.residual = Residual(cin, cout // 2 if half else cout, cout, k, s)
         self.shortcut: nn.Module | None = None
         if s != 1 or cin != cout:
-            layers: list[nn.Module] = [Pool(s)] if s > 1 else []
+            layers: list[nn.Module] = [Pool(s, pool)] if s > 1 else []
             layers.append(EMSConvBN(cin, cout, 1) if half else LCB(cin, cout, 1))
             self.shortcut = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
         short = x if self.shortcut is None else self.shortcut(x)
         return self.residual(x) + short
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        """The half-width shortcut conv reads the (pooled) current: composed away (§2.6)."""
+        short = x
+        for layer in self.shortcut if self.shortcut is not None else ():
+            short = (
+                g.linear(short, layer) if isinstance(layer, EMSConvBN) else layer.trace(g, short)
+            )
+        return self.residual.trace(g, x) + short
 
 
 class ConcatBlock(nn.Module):
@@ -139,19 +178,28 @@ class ConcatBlock(nn.Module):
     shortcut is MaxPool(s)(x). ``half`` (ConcatBlock_ms): Chid = Cout/2, else Chid = Cout.
     """
 
-    def __init__(self, cin: int, cout: int, k: int = 3, s: int = 1, half: bool = True):
+    def __init__(
+        self, cin: int, cout: int, k: int = 3, s: int = 1, half: bool = True, pool: str = "max"
+    ):
         super().__init__()
         if cin > cout:
             raise SpikedetError(f"ConcatBlock needs Cin <= Cout, got {cin}->{cout}", "ems")
         self.residual = Residual(cin, cout // 2 if half else cout, cout, k, s)
         self.extra = LCB(cin, cout - cin, 1) if cin < cout else None
-        self.pool = Pool(s) if s > 1 else None
+        self.pool = Pool(s, pool) if s > 1 else None
 
     def forward(self, x: Tensor) -> Tensor:
         short = x if self.extra is None else torch.cat([self.extra(x), x], dim=2)
         if self.pool is not None:
             short = self.pool(short)
         return self.residual(x) + short
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        """The concatenation (map ``<block>.cat``) embeds channel ranges (§2.7)."""
+        short = x if self.extra is None else g.concat([self.extra.trace(g, x), x], self, "cat")
+        if self.pool is not None:
+            short = self.pool.trace(g, short)
+        return self.residual.trace(g, x) + short
 
 
 class AnchorDetect(nn.Module):
@@ -174,8 +222,17 @@ class AnchorDetect(nn.Module):
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         return [per_step(conv, f).mean(0) for conv, f in zip(self.convs, feats)]
 
+    def trace(self, g: Builder, feats: list[Current]) -> list[str]:
+        """One readout ``detect.k`` per stride; each 1x1 conv is composed into its current."""
+        return [
+            g.readout(g.linear(f, conv), f"detect.{k}")
+            for k, (conv, f) in enumerate(zip(self.convs, feats))
+        ]
+
 
 _CONFIG_KEYS = ("name", "nc", "T", "imgsz", "family", "stem", "widths", "extras", "anchors")
+# Keys a config may lack (checkpoints written before they existed): their defaults.
+_OPTIONAL_KEYS: dict[str, Any] = {"pool": "max"}
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "ems-res10": {"family": "ee", "stem": [32, 3], "extras": [0, 0, 0, 0]},
@@ -216,7 +273,10 @@ class EMSYOLO(nn.Module):
 
     ``forward(x)``: x is ``[B, 3, S, S]`` (repeated T times, direct encoding) or
     ``[T, B, 3, S, S]``; returns per stride ``[B, na*(nc+5), S/stride, S/stride]`` averaged over T.
+    ``trace`` mirrors it for NIR export (head metadata type "anchor", §2.4).
     """
+
+    head_type = "anchor"
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -228,7 +288,9 @@ class EMSYOLO(nn.Module):
         self.imgsz: int = cfg["imgsz"]
         self.in_channels = 3
         self.strides = list(STRIDES)
+        self.names: list[str] = [f"class{i}" for i in range(self.nc)]  # configs hold no names
         half = cfg["family"] == "ee"
+        pool = cfg["pool"]
         c0, k0 = cfg["stem"]
         w2, w3, w4, w5 = cfg["widths"]
         # Encoding layer: real-valued image -> conv/2 + BN, no LIF (counts as MACs).
@@ -238,9 +300,9 @@ class EMSYOLO(nn.Module):
         for i, (width, n_extra) in enumerate(zip(cfg["widths"], cfg["extras"])):
             # Full-width P2 downsamples with BasicBlock_2 (64->64); everything else with Block2.
             if not half and i == 0:
-                down: nn.Module = BasicBlock(cin, width, 3, 2, half=False)
+                down: nn.Module = BasicBlock(cin, width, 3, 2, half=False, pool=pool)
             else:
-                down = ConcatBlock(cin, width, 3, 2, half=half)
+                down = ConcatBlock(cin, width, 3, 2, half=half, pool=pool)
             extra = [BasicBlock(width, width, 3, 1, half=half) for _ in range(n_extra)]
             stages.append(nn.Sequential(down, *extra))
             cin = width
@@ -280,18 +342,41 @@ class EMSYOLO(nn.Module):
         p4 = self.p4_out(torch.cat([self.up(self.lateral(h)), feats[2]], dim=2))
         return self.detect([p4, p5])
 
+    def trace(self, g: Builder) -> list[str]:
+        """Symbolic mirror of ``forward``: the readout names (stride 16, stride 32)."""
+        y = g.conv(g.input, self.stem)
+        feats = []
+        for stage in self.stages:
+            for block in stage:
+                y = block.trace(g, y)
+            feats.append(y)
+        h = self.h1.trace(g, feats[3])
+        p5 = self.p5_out.trace(g, h)
+        up = self.up.trace(g, self.lateral.trace(g, h))
+        p4 = self.p4_out.trace(g, g.concat([up, feats[2]], self, "cat"))
+        return self.detect.trace(g, [p4, p5])
+
     def extra_repr(self) -> str:
         return f"name={self.name}, nc={self.nc}, T={self.T}, strides={self.strides}"
 
 
 def ems_config(name: str, nc: int | None = None, **overrides: Any) -> dict[str, Any]:
-    """The named EMS config with ``nc`` and field overrides (e.g. ``T=4``) applied."""
-    if name not in _CONFIGS:
-        raise SpikedetError(f"unknown EMS model; known: {', '.join(EMS_MODEL_NAMES)}", name)
-    bad = [k for k in overrides if k not in _CONFIG_KEYS or k == "name"]
+    """The named EMS config with ``nc`` and field overrides (e.g. ``T=4``) applied; a name with
+    the suffix ``-avg`` is the base model with ``pool: "avg"``."""
+    base, avg = name, name.endswith(AVG_SUFFIX)
+    if avg:
+        base = name[: -len(AVG_SUFFIX)]
+    if base not in _CONFIGS:
+        known = ", ".join(EMS_MODEL_NAMES)
+        raise SpikedetError(
+            f"unknown EMS model; known: {known} (each also with {AVG_SUFFIX})", name
+        )
+    bad = [k for k in overrides if k not in (*_CONFIG_KEYS, *_OPTIONAL_KEYS) or k == "name"]
     if bad:
         raise SpikedetError(f"unknown or fixed config fields {bad}", name)
-    cfg = {"name": name, **copy.deepcopy(_DEFAULTS), **copy.deepcopy(_CONFIGS[name])}
+    cfg = {"name": name, **copy.deepcopy(_DEFAULTS), **copy.deepcopy(_CONFIGS[base])}
+    if avg:
+        cfg["pool"] = "avg"
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if nc is not None:
         cfg["nc"] = int(nc)
@@ -306,7 +391,7 @@ def build_ems(name: str, nc: int | None = None, **overrides: Any) -> EMSYOLO:
 def _validated(config: dict[str, Any]) -> dict[str, Any]:
     where = f"model config {config.get('name', '?')}"
     missing = [k for k in _CONFIG_KEYS if k not in config]
-    unknown = [k for k in config if k not in _CONFIG_KEYS]
+    unknown = [k for k in config if k not in _CONFIG_KEYS and k not in _OPTIONAL_KEYS]
     if missing or unknown:
         raise SpikedetError(f"missing keys {missing}, unknown keys {unknown}", where)
     try:
@@ -320,6 +405,7 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
             "widths": [int(v) for v in config["widths"]],
             "extras": [int(v) for v in config["extras"]],
             "anchors": [[[float(v) for v in wh] for wh in scale] for scale in config["anchors"]],
+            "pool": str(config.get("pool", _OPTIONAL_KEYS["pool"])),
         }
     except (TypeError, ValueError) as err:
         raise SpikedetError(f"bad value type: {err}", where) from err
@@ -344,6 +430,7 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
             "anchors must be 2 scales x 3 (w, h) pairs",
         ),
         (cfg["imgsz"] % 32 == 0, "imgsz must be a multiple of 32"),
+        (cfg["pool"] in POOL_KINDS, f"pool must be one of {list(POOL_KINDS)}"),
     ]
     for ok, msg in checks:
         if not ok:

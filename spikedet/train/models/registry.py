@@ -11,6 +11,14 @@ so ``build_from_config`` can rebuild exactly the trained architecture.
 - SepConv kernel 3: at 8x8 and 4x4 maps a 7x7 depthwise kernel is mostly padding;
 - head hidden width 32 = YOLOv8's max(16, C_P3/4, 4*reg_max) with reg_max 8;
 - reg_max 8: distances up to 7 strides (56 px at stride 8), more than a 64 px image needs.
+
+``spikeyolo-v8-pico`` is the full SpikeYOLOv8 architecture (SPPF, both upsamplings, all four
+concatenations) at widths 8/16/32/64, one block per stage, 64 px, T = 1: a fast test model for
+the export and deploy paths, not a trained detector.
+
+EMS-YOLO names take the suffix ``-avg`` (``ems-pico-avg``, ``ems-res10-avg``, ...): the same
+model with average-pooled shortcuts (config ``pool: avg``), the variant whose NIR graph has no
+extension ops (docs/semantics.md §2.8).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import copy
 from typing import Any
 
 from spikedet.errors import SpikedetError
-from spikedet.train.models.ems import EMS_MODEL_NAMES, EMSYOLO, ems_config
+from spikedet.train.models.ems import AVG_SUFFIX, EMS_MODEL_NAMES, EMSYOLO, ems_config
 from spikedet.train.models.spikeyolo import (
     CONFIG_KEYS,
     FULL_CONFIG_KEYS,
@@ -72,15 +80,31 @@ for _scale, (_widths, _repeats, _p5_ratio) in _SCALES.items():
         "sep_kernel": 7,
     }
 
+_CONFIGS["spikeyolo-v8-pico"] = {
+    "name": "spikeyolo-v8-pico",
+    "nc": 3,
+    "names": ["class0", "class1", "class2"],
+    "imgsz": 64,
+    "T": 1,
+    "levels": 4,
+    "reg_max": 8,
+    "in_channels": 3,
+    "widths": [8, 16, 32, 64],
+    "repeats": [1, 1, 1, 1],
+    "p5_ratio": 1,
+    "sep_kernel": 3,
+}
+
 SPIKEYOLO_NAMES: tuple[str, ...] = tuple(_CONFIGS)
-MODEL_NAMES: tuple[str, ...] = SPIKEYOLO_NAMES + EMS_MODEL_NAMES
+EMS_AVG_NAMES: tuple[str, ...] = tuple(f"{n}{AVG_SUFFIX}" for n in EMS_MODEL_NAMES)
+MODEL_NAMES: tuple[str, ...] = SPIKEYOLO_NAMES + EMS_MODEL_NAMES + EMS_AVG_NAMES
 
 
 def model_config(
     name: str, nc: int | None = None, names: list[str] | None = None, **overrides: Any
 ) -> dict[str, Any]:
     """The named config with the data's classes and any field overrides applied."""
-    if name in EMS_MODEL_NAMES:
+    if name in EMS_MODEL_NAMES or name in EMS_AVG_NAMES:
         if names is not None:
             nc = len(names)
         return ems_config(name, nc, **overrides)

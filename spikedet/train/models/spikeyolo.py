@@ -8,8 +8,9 @@ Layout (docs/semantics.md §2, reference detectors.md §3.2 simplified to what N
     head: for every detect stage a DetectBranch for boxes (4*reg_max) and one for classes (nc),
           both reading the stage output current; outputs are averaged over T.
 
-There is deliberately no upsampling, concatenation or max-pooling (no exact NIR primitive), so
-the head reads the backbone stages directly (an FPN-less YOLOv8 head).
+There is deliberately no upsampling, concatenation or max-pooling, so the head reads the
+backbone stages directly (an FPN-less YOLOv8 head) and the graph needs no §2.7-2.8 constructs.
+``SpikeYOLOv8`` is the paper's full detector (SPPF, upsampling, concatenations); it exports too.
 
 Box decoding (docs/semantics.md §2.4): channel ``side*reg_max + bin`` for sides l, t, r, b;
 softmax over bins; expectation with weights 0..reg_max-1; times the stride; anchors at cell
@@ -218,10 +219,14 @@ class SpikeYOLOv8(nn.Module):
     ``widths`` = channels at strides 4/8/16/32 (C2, C3, C4, C5), ``repeats`` = blocks of layers
     2/4/6/8, ``p5_ratio`` = r of layer 25. Attribute names carry the yaml layer index. Forward API
     as ``SpikeYOLO``: per stride 8/16/32, ``(box [B, 4*reg_max, H, W], cls [B, nc, H, W])``
-    averaged over T. ``trace`` raises ``SpikedetError`` at the first non-exportable module.
+    averaged over T. ``trace`` (after ``reparameterize``) mirrors forward for NIR export; it
+    raises ``SpikedetError`` naming the module where an exact export is impossible (an unfused
+    RepConv chain, SPPF at T > 1, upsampling of an odd-sized map).
     """
 
     max_stride = 32
+    # Applied by the host after the readouts (box decoding, spikedet.detection), not exported.
+    host_modules = ("dfl",)
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -287,7 +292,7 @@ class SpikeYOLOv8(nn.Module):
         ]
 
     def trace(self, g: Builder) -> list[tuple[str, str]]:
-        """Symbolic mirror of ``forward``; the neck raises (no NIR upsample/concat/max-pool)."""
+        """Symbolic mirror of ``forward``: one (box_role, cls_role) pair per stride."""
         x = self.l1_stem.trace(g, g.input)
         for layer in (*self.l2, self.l3, *self.l4):
             x = layer.trace(g, x)

@@ -11,8 +11,9 @@ Both chains are affine with no neuron inside, and BNAndPad pads with BN(0), so e
 full 3x3 conv (padding 1) with bias: ``RepSpikeConv.fused()`` turns I-LIF -> chain -> BN into a
 plain ``SpikeConv(bias=True)``, and ``reparameterize(model)`` does it for a whole model.
 
-The neck's Upsample, Concat and SpikeSPPF max-pooling have no exact NIR primitive yet; their
-``trace`` raises ``SpikedetError`` so an export refuses the model instead of dropping layers.
+Export (docs/semantics.md §2): ``Upsample2x`` and ``Concat`` only rewrite the terms of a current
+(§2.7, §2.8); ``SpikeSPPF`` at T = 1 exports its max pooling as max-pooled spike populations
+(§2.7b) and refuses T > 1, where the pooling of currents has no exact spiking form.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from spikedet.train.models.blocks import (
     slot_conv,
 )
 from spikedet.train.neurons import ILIF
-
-EXPORT_LATER = "export arrives with the export issue"
 
 
 def _no_nir(module: nn.Module, why: str) -> SpikedetError:
@@ -236,7 +235,24 @@ class SpikeSPPF(nn.Module):
         return self.cv2(torch.cat(y, 2))
 
     def trace(self, g: Builder, x: Current) -> Current:
-        raise _no_nir(self, f"max pooling has no NIR primitive; {EXPORT_LATER}")
+        """cv2(cat[y, mp(y), mp²(y), mp³(y)]) with y = cv1(x). At T = 1 the I-LIF is stateless
+        and monotone (u = α·x, α > 0), so I-LIF(maxpool(y)) = maxpool(I-LIF(y)): cv2's neuron
+        becomes the population S of y and three chained max-pooled populations of S, and cv2's
+        conv reads their concatenation (split into ``cv2.cb#0..#3``, §2.7b)."""
+        y = self.cv1.trace(g, x)
+        lif = self.cv2.lif
+        if g.T != 1:
+            raise _no_nir(
+                self,
+                f"max pooling of a current before an I-LIF is exact only at T = 1 (T = {g.T}): "
+                "with membrane state, I-LIF(maxpool(x)) != maxpool(I-LIF(x))",
+            )
+        if not lif.alpha > 0:
+            raise _no_nir(self, f"max pooling needs a monotone I-LIF (alpha {lif.alpha} <= 0)")
+        parts = [g.spikes(y, lif, part=0)]
+        for k in range(1, 4):
+            parts.append(g.pool_spikes(parts[-1], self.pool, lif, part=k))
+        return g.conv(parts, self.cv2.cb)
 
 
 class Upsample2x(nn.Module):
@@ -246,7 +262,8 @@ class Upsample2x(nn.Module):
         return seq_apply(lambda z: F.interpolate(z, scale_factor=2.0, mode="nearest"), x)
 
     def trace(self, g: Builder, x: Current) -> Current:
-        raise _no_nir(self, f"nearest upsampling has no NIR primitive; {EXPORT_LATER}")
+        """Every term of ``x`` gets a ``.up2`` node after its conv (§2.8)."""
+        return g.upsample(x, self, 2)
 
 
 class Concat(nn.Module):
@@ -256,7 +273,8 @@ class Concat(nn.Module):
         return torch.cat(xs, 2)
 
     def trace(self, g: Builder, xs: list[Current]) -> Current:
-        raise _no_nir(self, f"channel concatenation has no NIR primitive; {EXPORT_LATER}")
+        """Each part's terms write their channel range of the concatenation (§2.7)."""
+        return g.concat(xs, self)
 
 
 class DFL(nn.Module):
