@@ -260,7 +260,7 @@ def test_report_shows_fan_in_splits_and_relays(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "## Fan-in splits and delay relays" in md and "integer results do not change" in md
     psum_cores = sum(ps["tiles"] for ps in rep["mapping"]["layers"][1]["psums"])
-    assert f"| p | 3 | {psum_cores} |" in md
+    assert f"| p | {rep['mapping']['layers'][1]['fan_in_parts']} | {psum_cores} |" in md
     assert "| s | s | 1 |" in md  # s's spikes relayed one stage for the skip into q
     t = rep["totals"]
     assert (t["split_layers"], t["psum_cores"], t["extra_latency_steps"]) == (1, psum_cores, 1)

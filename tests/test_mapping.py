@@ -280,3 +280,155 @@ def test_state_bits_and_shape_mismatch() -> None:
     with pytest.raises(SpikedetError) as info:
         map_graph(bad, make_profile())
     assert info.value.where == "synapse c"
+
+
+# ---- choosing the grouping of fan-in splits ---------------------------------------------------
+def two_class_graph(seed: int = 0) -> QuantGraph:
+    """cat (8 channels) = [conv3x3(s1) | conv3x3(s2)] (concatenation) + conv1x1(s1) over all 8:
+    two split classes, the second one fed by two sources."""
+    rng = np.random.default_rng(seed)
+
+    def rsyn(name, src, cout, cin, k, offset=0):
+        w = rng.integers(-3, 4, size=(cout, cin, k, k))
+        return QSynapse(name, src, "cat", w, (1, 1), (k // 2, k // 2), 1, 0, offset)
+
+    pops = [pop("s1", (16, 6, 6)), pop("s2", (12, 6, 6)), pop("cat", (8, 6, 6), 2)]
+    syns = [
+        syn("in_s1", "input", "s1", 16, 3, 3, pad=1),
+        syn("in_s2", "input", "s2", 12, 3, 3, pad=1),
+        rsyn("s1_cat", "s1", 4, 16, 3),
+        rsyn("s2_cat", "s2", 4, 12, 3, offset=4),
+        rsyn("s1_cat_1x1", "s1", 8, 16, 1),
+    ]
+    return QuantGraph(T=1, input=QInput((3, 6, 6), 255), populations=pops, synapses=syns)
+
+
+def split_in_two_graph() -> QuantGraph:
+    """stem (8 channels) -> p: one 3x3 conv reading 72 axons per neuron."""
+    return QuantGraph(
+        T=1,
+        input=QInput((3, 12, 12), 255),
+        populations=[pop("stem", (8, 12, 12)), pop("p", (6, 12, 12), 2)],
+        synapses=[
+            syn("c0", "input", "stem", 8, 3, 3, pad=1),
+            syn("c1", "stem", "p", 6, 8, 3, pad=1),
+        ],
+    )
+
+
+def conv_sum_check(qg: QuantGraph, lm) -> None:
+    """The partial sums of a split layer add up to its synapses' exact integer output."""
+    from spikedet.sim.fixed import conv_int
+
+    rng = np.random.default_rng(7)
+    values = {"input": rng.integers(0, 256, (1, *qg.input.shape))}
+    values.update({p.name: rng.integers(0, 5, (1, *p.shape)) for p in qg.populations})
+    for s in qg.incoming(lm.name):
+        full = conv_int(values[s.src], s)
+        o0, o1 = s.out_offset, s.out_offset + s.weight.shape[0]
+        total = np.zeros_like(full)
+        for ps in lm.psums:
+            lo, hi = ps.sources.get(s.src, (0, 0))
+            a, b = np.clip(ps.dst_channels, o0, o1) - o0
+            w = np.zeros_like(s.weight)
+            w[a:b, lo:hi] = s.weight[a:b, lo:hi]
+            total += conv_int(values[s.src], QSynapse("x", s.src, s.dst, w, s.stride, s.padding))
+        split = np.zeros(qg.pop(lm.name).shape[0], bool)
+        for ps in lm.psums:
+            split[ps.dst_channels[0] : ps.dst_channels[1]] = True
+        rows = split[o0:o1]  # conv outputs of split classes: all their terms are partial sums
+        assert np.array_equal(total[:, rows], full[:, rows]), s.name
+
+
+@pytest.mark.parametrize(
+    "graph, layer, limits",
+    [
+        (two_class_graph, "cat", {"fan_in_axons": 64}),
+        (split_in_two_graph, "p", {"fan_in_axons": 50, "neurons_per_core": 256}),
+        (split_in_two_graph, "p", {"conv_weight_sharing": False, "synaptic_memory": 500}),
+    ],
+)
+def test_grouping_search_equals_brute_force_over_candidates(graph, layer, limits) -> None:
+    from spikedet.deploy.mapping_geometry import hardware_view
+    from spikedet.deploy.mapping_split import analyse_split, class_groups, multipliers
+
+    qg, prof = graph(), make_profile(**limits)
+    split = analyse_split(qg, hardware_view(qg), layer, prof)
+    assert split is not None and split.needed
+    # every candidate multiplier, mapped on its own (no pruning)
+    cores = {}
+    for m in multipliers(split):
+        forced = map_graph(qg, prof, group_multipliers={layer: m}).layer(layer)
+        assert forced.cores == forced.tiles + sum(ps.tiles for ps in forced.psums)
+        cores[m] = forced.cores
+    fewest = map_graph(qg, prof, search=False).layer(layer)
+    assert fewest.cores == cores[1] and fewest.grouping["multiplier"] == 1
+    lm = map_graph(qg, prof).layer(layer)
+    # the search finds the minimum (its lower-bound pruning is exact): never worse than the
+    # fewest groups, ties to the smaller multiplier; what it tried matches the forced maps
+    assert lm.cores == min(cores.values()) <= cores[1]
+    assert lm.grouping["multiplier"] == min(m for m, c in cores.items() if c == lm.cores)
+    assert all(cores[m] == c for m, c in lm.grouping["tried"])
+    m = lm.grouping["multiplier"]
+    assert lm.grouping["groups"] == len(lm.psums) == sum(class_groups(c, m) for c in split.classes)
+    conv_sum_check(qg, lm)
+    again = map_graph(qg, prof).layer(layer)  # deterministic
+    assert [ps.sources for ps in again.psums] == [ps.sources for ps in lm.psums]
+
+
+def test_grouping_search_beats_fewest_groups_and_figures_stay_exact() -> None:
+    from spikedet.deploy.mapping import hardware_graph
+    from spikedet.deploy.mapping_figures import grid_figures
+
+    qg, prof = two_class_graph(), make_profile(fan_in_axons=64)
+    m, base = map_graph(qg, prof), map_graph(qg, prof, search=False)
+    lm, lb = m.layer("cat"), base.layer("cat")
+    assert lm.cores < lb.cores and len(lm.psums) > len(lb.psums)
+    assert m.hw_depth == base.hw_depth == m.logical_depth + 1  # the grouping adds no latency
+    # per-core figures of the neuron tiles on the full hardware graph (one edge per partial sum)
+    # equal the search's (merged partial-sum edges)
+    hw = hardware_graph(qg, m)
+    figs = grid_figures(hw, hw.incoming("cat"), lm.shape, 1, lm.tile_shape, 8, True)
+    assert (figs["fan_in"], figs["mem"]) == (lm.fan_in_axons_per_tile, lm.syn_mem_bits_per_tile)
+    assert max(ps.fan_in_axons_per_tile for ps in lm.psums) <= 64
+
+
+def test_optional_split_of_a_layer_that_fits() -> None:
+    """p reads 24 channels x 9 = 216 axons <= 256: it fits, but a core then holds one position
+    (24 x (h+2)(w+2) <= 256), so 16 x 16 = 256 cores; partial sums of a few channels pack
+    whole blocks of positions, and p's neurons then receive one axon per group."""
+    qg = QuantGraph(
+        T=1,
+        input=QInput((3, 16, 16), 255),
+        populations=[pop("s", (24, 16, 16)), pop("p", (4, 16, 16), 2)],
+        synapses=[
+            syn("c0", "input", "s", 24, 3, 3, pad=1),
+            syn("c1", "s", "p", 4, 24, 3, pad=1),
+        ],
+    )
+    prof = make_profile(fan_in_axons=256)
+    plain = map_graph(qg, prof, search=False)
+    assert not plain.split_layers and plain.layer("p").cores == 256
+    m = map_graph(qg, prof)
+    lm = m.layer("p")
+    assert m.split_layers == ["p"] and lm.grouping["optional"]
+    assert lm.grouping["unsplit_cores"] == 256 and 2 * lm.cores <= 256
+    assert lm.cores == min(c for _, c in lm.grouping["tried"] if c is not None)
+    assert m.hw_depth == plain.hw_depth + 1 and lm.extra_steps == 1  # one step of latency
+    conv_sum_check(qg, lm)
+    # s (27 axons per neuron, 24 x 16 x 16 neurons on few cores) is not split, and a fixed
+    # multiplier 1 keeps p whole
+    assert m.layer("s").psums == []
+    assert map_graph(qg, prof, group_multipliers={"p": 1}).layer("p").cores == 256
+
+
+def test_unique_rows_matches_numpy() -> None:
+    from spikedet.deploy.mapping_figures import unique_rows
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rows = rng.integers(0, 3, size=(int(rng.integers(1, 400)), int(rng.integers(1, 8))))
+        got, counts = unique_rows(rows)
+        want, want_counts = np.unique(rows, axis=0, return_counts=True)
+        assert dict(zip(map(tuple, got), counts)) == dict(zip(map(tuple, want), want_counts))
+        assert (np.diff(got[:, 0]) >= 0).all()

@@ -296,9 +296,7 @@ def test_fan_in_split_parts_payload_latency_and_exactness() -> None:
     assert m.logical_depth == 3 and m.precision["delay_steps"]["needed"] == 2
     # refusals name the layer and the limit
     with pytest.raises(SpikedetError, match=r"layer p: .*partial sums sends \d+-bit graded"):
-        map_graph(
-            qg, make_profile(fan_in_axons=256, message_bits=bound.bit_length()), search=False
-        )
+        map_graph(qg, make_profile(fan_in_axons=256, message_bits=bound.bit_length()), search=False)
     with pytest.raises(SpikedetError, match="layer s: .*even one input channel needs 9 axons"):
         map_graph(split_graph(cin=2), make_profile(fan_in_axons=8))
 
@@ -386,3 +384,16 @@ def test_synthetic_spikeyolo_n_splits_the_p4_repconv() -> None:
     assert wide and all(s.dst in m.split_layers for s in wide)
     assert all(m.layer(s.dst).fan_in_parts >= 2 for s in wide)
     assert bench.summary(m)["cores"] == m.cores and m.chips >= 1
+    # the grouping search: every needed split is no worse than its fewest groups, every
+    # optional split at least halves its layer's cores, and the whole graph needs fewer cores
+    base = map_graph(qg, load_profile("loihi2"), search=False)
+    for lm in m.layers:
+        g = lm.grouping
+        if g and not g["optional"]:
+            assert (
+                g["tried"][0][0] == 1
+                and lm.cores - sum(r.tiles for r in lm.relays) <= (g["tried"][0][1])
+            )
+        elif g:
+            assert 2 * g["cores"] <= g["unsplit_cores"]
+    assert m.cores < base.cores and set(base.split_layers) <= set(m.split_layers)

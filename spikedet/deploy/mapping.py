@@ -15,21 +15,18 @@ one hardware step, and §3.3 delays re-align the other paths. A layer is refused
 the limit, only when even one input channel cannot fit a core, or when no grouping's partial
 sums fit the graded payload.
 
-Choice of the grouping (deterministic). The fewest groups g0 (about ceil(F / limit)) is rarely
-the cheapest: a partial-sum core of a big group holds few compartments, because its fan-in and
-kernel memory grow with the group. For every split layer the mapper therefore evaluates the
+Choice of the grouping (``mapping_split.choose_grouping``, deterministic). The fewest groups
+g0 (about ceil(F / limit)) is rarely the cheapest: a partial-sum core of a big group holds few
+compartments. When the tiling pass (destinations first) reaches a split layer, it evaluates the
 group multipliers m = 1, 2, 4, ... (min(input channels, m x g0) groups per class, down to one
-input channel per group) and keeps the m with the fewest cores of that layer, partial-sum cores
-plus neuron cores, both tiled exactly as below (ties: the smaller m, fewer messages). It stops
-early once the lower bound Σ_groups ceil(N_class / neurons_per_core) + ceil(axons into the
-neurons / fan_in_axons), which grows with m, reaches the best count. The choice is made in the
-tiling pass, when the layer's destinations are tiled, so the neuron's fan-out is exact; the
-cost of its sources' fan-out is not part of it. A layer that fits unsplit is split as well
-when its best grouping (m >= 2, g0 = 1, estimated without the neuron's fan-out limit) needs at
-most 1 / OPTIONAL_SPLIT_GAIN of its unsplit cores: at least half the cores for one more step of
-latency. ``map_graph(search=False)`` maps every needed split with its fewest groups and splits
-nothing else; ``group_multipliers`` fixes m per layer (for comparisons). Each split layer's
-``grouping`` records the candidates tried and their cores.
+input channel per group), each tiled exactly as below, and keeps the m with the fewest cores of
+that layer (partial sums + neurons; ties: the smaller m), stopping early once a lower bound
+that grows with m reaches the best count. A layer that fits unsplit is split as well when that
+needs at most half its cores (OPTIONAL_SPLIT_GAIN), for one more step of latency.
+``map_graph(search=False)`` maps every needed split with its fewest groups and splits nothing
+else; ``group_multipliers`` fixes m per layer (for comparisons). Each split layer's
+``grouping`` records what the search tried: [m, cores] pairs, the chosen m and groups, and for
+an optional split its unsplit cores.
 
 A tile is a box of a population's (C, H, W) neurons: ``c_t`` channels x ``h_t`` rows x ``w_t``
 columns; a population uses ceil(C/c_t)·ceil(H/h_t)·ceil(W/w_t) cores, placed on consecutive core
@@ -49,11 +46,12 @@ ceil(cores / cores_per_chip). Per core, for the worst tile of the grid (exact, s
   counts as a source; a partial sum is one axon);
 - fan-out: distinct destination cores the tile's spikes reach, over all outgoing edges.
 
-Tile search: the candidate sizes along an axis of length N are ceil(N/n), n = 1..N. Memory,
-fan-in and fan-out of every candidate (c_t, h_t, w_t) are computed exactly in one vectorized
-pass (destinations are tiled before their sources, reverse topological order, so fan-out is
-exact); among the candidates within every limit the fewest tiles wins; ties prefer splitting
-channels first, then rows, then columns.
+Tile search (``mapping_figures.best_tile``): the candidate sizes along an axis of length N are
+ceil(N/n), n = 1..N. Memory and fan-in of every candidate (c_t, h_t, w_t) are computed exactly
+in one vectorized pass; among the candidates within every limit the fewest tiles wins; ties
+prefer splitting channels first, then rows, then columns. Fan-out is exact because destinations
+are tiled before their sources (reverse topological order); it is checked on the preferred
+candidates first and for all of them at once only when those exceed it (same choice).
 
 Time: every edge is one hardware step; hardware depths are recomputed over the split graph (a
 split layer is one step deeper than its logical depth, and so is everything after it). A delay
@@ -71,28 +69,21 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikedet.deploy.mapping_delays import apply_relays, delay_figures
-from spikedet.deploy.mapping_figures import (
-    best_tile,
-    reach,
-    tile_count,
-    tile_fanout,
-    unit_intervals,
+from spikedet.deploy.mapping_delays import (
+    apply_relays,
+    apply_splits,
+    delay_figures,
+    replace_layer,
 )
-from spikedet.deploy.mapping_geometry import HwGraph, HwPop, check_geometry, hardware_view
+from spikedet.deploy.mapping_figures import best_tile, reach, tile_fanout, unit_intervals
+from spikedet.deploy.mapping_geometry import HwGraph, check_geometry, hardware_view
 from spikedet.deploy.mapping_precision import check_precision
 from spikedet.deploy.mapping_split import (
-    LayerSplit,
+    OPTIONAL_SPLIT_GAIN,
     PsumPlan,
-    analyse_split,
-    apply_splits,
-    class_groups,
-    collapse_psums,
+    choose_grouping,
     layer_plans,
-    local_graph,
-    multipliers,
-    psum_signature,
-    replace_layer,
+    plan_splits,
 )
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
@@ -109,8 +100,6 @@ __all__ = [
     "hardware_graph",
     "map_graph",
 ]
-
-OPTIONAL_SPLIT_GAIN = 2  # a layer that fits unsplit is split only for at least 2x fewer cores
 
 
 @dataclass
@@ -236,117 +225,6 @@ def destination_cores(
     return reach(hw, src, unit_intervals(hw.shape(src)), tiles)
 
 
-# ---- choosing the grouping of a split layer ------------------------------------------------
-@dataclass
-class _Choice:
-    multiplier: int
-    plans: list[PsumPlan]
-    local: HwGraph  # the layer's part of the hardware graph with these plans
-    tiles: dict[str, tuple]  # population -> (tile, grid figures, fan-out)
-    cores: int
-
-
-def _lower_bound(split: LayerSplit, m: int, pop: HwPop, profile: HardwareProfile) -> int:
-    """Cores below which no grouping with multiplier m can go: each partial sum needs
-    ceil(its neurons / neurons_per_core) cores, and the neuron cores receive one axon per group
-    and neuron of every split class (and hold at most neurons_per_core compartments)."""
-    npc, plane = profile.neurons_per_core, pop.shape[1] * pop.shape[2]
-    groups = [(class_groups(c, m), (c.b - c.a) * plane) for c in split.classes]
-    psums = sum(g * -(-n // npc) for g, n in groups)
-    axons = sum(g * n for g, n in groups)
-    return psums + max(-(-axons // profile.fan_in_axons), -(-pop.size * pop.compartments // npc))
-
-
-def _evaluate(local: HwGraph, name: str, plans, profile, chosen: dict, known=None) -> tuple:
-    """Cores of the layer (neurons, then each partial sum on the neurons' tile) and the tiles;
-    partial sums with equal signatures share one tile search. ``known``: the tiles of an
-    estimate made without the neurons' fan-out; they stand when that tile's fan-out fits (it is
-    then also the first candidate within every limit)."""
-    if known is not None:
-        tile, figs, _ = known[name]
-        fan_out = tile_fanout(local, name, local.shape(name), tile, chosen)
-        if fan_out <= profile.fan_out_axons:
-            tiles = {**known, name: (tile, figs, fan_out)}
-            return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
-    own = best_tile(collapse_psums(local, name), name, profile, chosen)
-    tiles, by_signature = {name: own}, {}
-    for plan in plans:
-        key = psum_signature(local, plan.name)
-        if key not in by_signature:
-            by_signature[key] = best_tile(local, plan.name, profile, {name: own[0]})
-        tiles[plan.name] = by_signature[key]
-    return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
-
-
-def _choose(qg, view, work, depth, limit, split, profile, chosen, fixed, memo) -> tuple:
-    """The candidate multiplier (or the ``fixed`` one) with the fewest cores of the layer, and
-    [m, cores or None (no fit)] per candidate tried. Raises the first candidate's error when
-    none fits. ``memo`` keeps plans and estimates per (layer, m) between calls."""
-    name, pop = split.layer, view.pop(split.layer)
-    best, tried, error = None, [], None
-    for m in [fixed] if fixed else multipliers(split):
-        if best is not None and _lower_bound(split, m, pop, profile) >= best.cores:
-            break  # the bound grows with m: no later candidate can do better
-        try:
-            if (name, m) not in memo:
-                memo[name, m] = layer_plans(
-                    qg, view, split, m, profile, True, memo["weights"], exact=False
-                )
-            plans = memo[name, m]
-            local = local_graph(work, view, name, plans, depth, limit)
-            known = memo.get((name, m, "estimate"))
-            cores, tiles = _evaluate(local, name, plans, profile, chosen, known)
-        except SpikedetError as err:
-            error = error or err
-            tried.append([m, None])
-            continue
-        if depth is None:  # an estimate on the unsplit view: no destinations tiled yet
-            memo[name, m, "estimate"] = tiles
-        tried.append([m, cores])
-        if best is None or cores < best.cores:
-            best = _Choice(m, plans, local, tiles, cores)
-    if best is None:
-        raise error  # type: ignore[misc]  # at least one candidate was tried
-    return best, tried
-
-
-def _optional_split(qg, view: HwGraph, split: LayerSplit, profile, memo: dict) -> tuple | None:
-    """(choice, unsplit cores) when splitting a layer that fits saves OPTIONAL_SPLIT_GAIN x its
-    cores (both tiled without the neuron's fan-out limit), else None."""
-    name, pop = split.layer, view.pop(split.layer)
-    memo[name, "unsplit"] = best_tile(view, name, profile, {})
-    unsplit = tile_count(pop.shape, memo[name, "unsplit"][0])
-    if OPTIONAL_SPLIT_GAIN * _lower_bound(split, 2, pop, profile) > unsplit:
-        return None
-    try:
-        choice, _ = _choose(qg, view, view, None, 0, split, profile, {}, None, memo)
-    except SpikedetError:
-        return None
-    return (choice, unsplit) if OPTIONAL_SPLIT_GAIN * choice.cores <= unsplit else None
-
-
-def _plan_splits(qg, view, profile, search: bool, fixed: dict, memo: dict) -> tuple[dict, ...]:
-    """The layers to split (needed, forced by ``fixed``, or optional and worth it) with
-    provisional plans, which fix the split graph's depths and relays (not its grouping), and
-    the unsplit cores of the optional ones."""
-    splits, plans, unsplit = {}, {}, {}
-    for p in qg.populations:
-        m = fixed.get(p.name)
-        optional = search or (m or 1) > 1
-        split = analyse_split(qg, view, p.name, profile, optional, memo["weights"])
-        if split is None or (not split.needed and m == 1):
-            continue
-        if split.needed or m:
-            first = m or multipliers(split)[0]
-            plans[p.name] = layer_plans(
-                qg, view, split, first, profile, False, memo["weights"], exact=False
-            )
-            splits[p.name] = split
-        elif found := _optional_split(qg, view, split, profile, memo):
-            splits[p.name], plans[p.name], unsplit[p.name] = split, found[0].plans, found[1]
-    return splits, plans, unsplit
-
-
 def map_graph(
     qg: QuantGraph,
     profile: HardwareProfile,
@@ -367,7 +245,7 @@ def map_graph(
     fixed = dict(group_multipliers or {})
     # plans and fan-out-free estimates per (layer, multiplier); weight magnitudes per synapse
     memo: dict = {"weights": {}}
-    splits, plans, unsplit = _plan_splits(qg, view, profile, search, fixed, memo)
+    splits, plans, unsplit = plan_splits(qg, view, profile, search, fixed, memo)
     if not search:
         fixed = {name: fixed.get(name, 1) for name in splits}
     limit = (1 << profile.delay_bits) - 1
@@ -380,7 +258,7 @@ def map_graph(
         name = work.pops[i].name
         if name in splits and name not in chosen:  # choose the grouping, then go on before it
             split = splits[name]
-            choice, tried = _choose(
+            choice, tried = choose_grouping(
                 qg, view, work, depth, limit, split, profile, chosen, fixed.get(name), memo
             )
             work = replace_layer(work, name, choice.local)

@@ -24,6 +24,7 @@ from itertools import combinations
 
 import numpy as np
 
+from spikedet.deploy.mapping_delays import collapse_psums, psum_signature
 from spikedet.deploy.mapping_geometry import (
     HwEdge,
     HwGraph,
@@ -318,13 +319,15 @@ def best_tile(hw: HwGraph, name: str, profile: HardwareProfile, chosen: dict) ->
         & (mem <= profile.synaptic_memory_bits)
     )
     idx = np.flatnonzero(ok.ravel())
-    order = idx[
-        np.lexsort((-c.ravel()[idx], -h.ravel()[idx], -w.ravel()[idx], tiles.ravel()[idx]))
-    ]
+    order = idx[np.lexsort((-c.ravel()[idx], -h.ravel()[idx], -w.ravel()[idx], tiles.ravel()[idx]))]
 
     def found(k: int, fan_out: int) -> tuple:
         tile = (int(c.flat[k]), int(h.flat[k]), int(w.flat[k]))
-        return tile, grid_figures(hw, edges, pop.shape, pop.compartments, tile, wb, sharing), fan_out
+        return (
+            tile,
+            grid_figures(hw, edges, pop.shape, pop.compartments, tile, wb, sharing),
+            fan_out,
+        )
 
     for k in order[:FANOUT_TRIES]:
         tile = (int(c.flat[k]), int(h.flat[k]), int(w.flat[k]))
@@ -337,6 +340,36 @@ def best_tile(hw: HwGraph, name: str, profile: HardwareProfile, chosen: dict) ->
         if len(within):
             return found(within[0], int(fan_out_all.flat[within[0]]))
     raise one_neuron_error(hw, name, profile, chosen)
+
+
+def layer_tiles(
+    local: HwGraph,
+    name: str,
+    psums: list[str],
+    profile: HardwareProfile,
+    chosen: dict,
+    known: dict | None = None,
+) -> tuple[int, dict]:
+    """Cores of a split layer ``name`` in its ``local`` graph (``mapping_delays.local_graph``):
+    its neurons (partial-sum edges merged, ``collapse_psums``) then each of its ``psums`` on the
+    neurons' tile, and the tiles (population -> ``best_tile`` result); partial sums with equal
+    ``psum_signature`` share one tile search. ``known``: the tiles of an
+    estimate made without the neurons' fan-out; they stand when that tile's fan-out fits (it is
+    then also the first candidate within every limit)."""
+    if known is not None:
+        tile, figs, _ = known[name]
+        fan_out = tile_fanout(local, name, local.shape(name), tile, chosen)
+        if fan_out <= profile.fan_out_axons:
+            tiles = {**known, name: (tile, figs, fan_out)}
+            return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
+    own = best_tile(collapse_psums(local, name), name, profile, chosen)
+    tiles, by_signature = {name: own}, {}
+    for psum in psums:
+        key = psum_signature(local, psum)
+        if key not in by_signature:
+            by_signature[key] = best_tile(local, psum, profile, {name: own[0]})
+        tiles[psum] = by_signature[key]
+    return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
 
 
 def one_neuron_error(

@@ -14,12 +14,22 @@ How many groups (``analyse_split``, ``multipliers``, ``layer_plans``): the *fewe
 of a class is the greedy packing of per-channel upper bounds (window x edges reading the
 channel, summed over edges from the same source) into the fan-in and memory limits, so it can
 exceed ceil(F / limit) where windows of two edges overlap. A candidate multiplier m gives every
-class min(its input channels, m x g0) groups, cut to equal loads (bisection on a common fraction
-of both limits). The mapper (``mapping``) evaluates m = 1, 2, 4, ... and keeps the one with the
-fewest cores: fewer channels per group let a partial-sum core hold many more compartments (its
-fan-in and kernel memory shrink with the group), while the neuron's core receives m x g0 axons
-per neuron. A layer that fits unsplit can be split the same way (``optional``, m >= 2 with
-g0 = 1) when that saves enough cores.
+class exactly min(its input channels, m x g0) groups, cut to equal loads (bisection on a common
+fraction of both limits, then halving the heaviest groups if the loads allow fewer).
+
+Choosing m (``choose_grouping``, called by ``mapping`` while it tiles, destinations first): the
+fewest groups are rarely the cheapest, because a partial-sum core of a big group holds few
+compartments (its fan-in and kernel memory grow with the group) while the neuron's core only
+receives one axon per group. Each candidate m = 1, 2, 4, ... (down to one input channel per
+group) is tiled exactly: the neurons with their real fan-out to the destinations already tiled,
+then each partial sum on the neurons' tile (equal ``psum_signature``, one search). The fewest
+cores of the layer (partial sums + neurons) win, ties to the smaller m (fewer messages); the
+search stops once ``_lower_bound`` (each partial sum >= ceil(N / neurons_per_core) cores, the
+neuron cores >= axons into them / fan_in_axons), which grows with m, reaches the best count, so
+it finds the minimum over all candidates. The fan-out of the layer's sources is not part of the
+count. A layer that fits unsplit is split as well (``plan_splits``, optional, m = 2, 4, ...
+with g0 = 1) when its best grouping needs at most 1 / OPTIONAL_SPLIT_GAIN of its unsplit cores,
+both estimated without the neurons' fan-out limit: half the cores for one more step of latency.
 
 Exactness: a partial sum is a sum of exact integers, and when no synapse can wrap (its bound
 stays under 2^23, checked in ``mapping_precision``) the neuron's sum of partial sums equals its
@@ -37,13 +47,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spikedet.deploy.mapping_delays import relayed_source
-from spikedet.deploy.mapping_figures import grid_figures
+from spikedet.deploy.mapping_delays import local_graph, restrict
+from spikedet.deploy.mapping_figures import best_tile, grid_figures, layer_tiles, tile_count
 from spikedet.deploy.mapping_geometry import HwEdge, HwGraph, HwPop, window_max
 from spikedet.deploy.mapping_precision import may_wrap, partial_sum_bounds
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph
+
+OPTIONAL_SPLIT_GAIN = 2  # a layer that fits unsplit is split only for at least 2x fewer cores
 
 
 @dataclass
@@ -56,32 +68,6 @@ class PsumPlan:
     sources: dict[str, tuple[int, int]]  # per source population, the channels [lo, hi) it reads
     bound: int  # max |partial sum|
     payload_bits: int  # signed bits of the graded message carrying it
-
-
-def restrict(
-    e: HwEdge, dst: str, a: int, b: int, lo: int, hi: int, name: str | None = None
-) -> HwEdge | None:
-    """``e`` seen from destination channels [a, b) (re-indexed from 0) and source channels
-    [lo, hi) only; None when nothing is left."""
-    ch_lo = np.clip(e.ch_lo[a:b], lo, hi)
-    ch_hi = np.maximum(np.clip(e.ch_hi[a:b], lo, hi), ch_lo)
-    if not (ch_hi > ch_lo).any():
-        return None
-    return HwEdge(
-        name or e.name, e.src, dst, e.kind, e.kernel, e.stride, e.padding, e.upsample,
-        ch_lo, ch_hi, ch_hi - ch_lo, e.synapse,
-    )  # fmt: skip
-
-
-def _masked(e: HwEdge, keep: np.ndarray) -> HwEdge | None:
-    """``e`` with the destination channels outside ``keep`` (bool per channel) emptied."""
-    ch_lo, ch_hi = np.where(keep, e.ch_lo, 0), np.where(keep, e.ch_hi, 0)
-    if not (ch_hi > ch_lo).any():
-        return None
-    return HwEdge(
-        e.name, e.src, e.dst, e.kind, e.kernel, e.stride, e.padding, e.upsample,
-        ch_lo, ch_hi, np.where(keep, e.weights, 0), e.synapse,
-    )  # fmt: skip
 
 
 def _classes(edges: list[HwEdge], channels: int) -> list[tuple[int, int, list[HwEdge]]]:
@@ -113,10 +99,11 @@ def _greedy(cum: list[np.ndarray], caps: list[float]) -> list[int] | None:
 
 
 def _balanced(loads: list[np.ndarray], caps: list[int], groups: int) -> list[int] | None:
-    """Cut points of at most ``groups`` contiguous groups (None when even the fewest greedy
-    groups exceed ``groups`` or one channel exceeds a cap), balanced: the smallest common
-    fraction of the caps that still gives that many groups (bisection; greedy is optimal for
-    contiguous groups, so the fraction is monotone in the group count)."""
+    """Cut points of exactly min(``groups``, channels) contiguous groups (None when even the
+    fewest greedy groups exceed ``groups`` or one channel exceeds a cap), balanced: the smallest
+    common fraction of the caps that still gives at most that many groups (bisection; greedy is
+    optimal for contiguous groups, so the fraction is monotone in the group count), then, while
+    fewer, the heaviest group of several channels is halved at its most even cut."""
     cum = [np.concatenate([[0], np.cumsum(w)]) for w in loads]
     best = _greedy(cum, caps)
     if best is None or len(best) - 1 > groups:
@@ -129,6 +116,16 @@ def _balanced(loads: list[np.ndarray], caps: list[int], groups: int) -> list[int
             hi, best = mid, cuts
         else:
             lo = mid
+
+    def load(r0: int, r1: np.ndarray | int) -> np.ndarray:
+        return np.max([(c[r1] - c[r0]) / cap for c, cap in zip(cum, caps)], axis=0)
+
+    while len(best) - 1 < min(groups, len(cum[0]) - 1):
+        wide = [k for k in range(len(best) - 1) if best[k + 1] - best[k] > 1]
+        k = max(wide, key=lambda j: (float(load(best[j], best[j + 1])), -j))
+        inner = np.arange(best[k] + 1, best[k + 1])
+        halves = np.maximum(load(best[k], inner), load(inner, best[k + 1]))
+        best.insert(k + 1, int(inner[np.argmin(halves)]))
     return best
 
 
@@ -300,115 +297,108 @@ def layer_plans(
     return plans
 
 
-def split_layer(
-    pop: HwPop, incoming: list[HwEdge], plans: list[PsumPlan]
-) -> tuple[list[HwPop], list[HwEdge]]:
-    """The partial-sum populations of ``pop`` then ``pop`` itself, and every edge into them: the
-    restricted synapses into each partial sum, one identity edge per partial sum into its
-    neuron channels, and the synapses of the classes that stay direct."""
-    if not plans:
-        return [pop], list(incoming)
-    pops, edges = [], []
-    keep = np.ones(pop.shape[0], bool)
-    channel = np.arange(pop.shape[0])
-    for plan in plans:
-        a, b = plan.dst_channels
-        keep[a:b] = False
-        pops.append(HwPop(plan.name, pop.name, "psum", (b - a, *pop.shape[1:])))
-        for e in incoming:
-            if e.src in plan.sources:
-                part = restrict(e, plan.name, a, b, *plan.sources[e.src])
-                edges += [part] if part is not None else []
-        live = (channel >= a) & (channel < b)
-        lo, hi = np.where(live, channel - a, 0), np.where(live, channel - a + 1, 0)
-        edges.append(
-            HwEdge(
-                f"{plan.name}->{pop.name}", plan.name, pop.name, "psum", (1, 1), (1, 1), (0, 0),
-                1, lo, hi, hi - lo, "",
-            )  # fmt: skip
-        )
-    edges += [m for m in (_masked(e, keep) for e in incoming) if m is not None]
-    return [*pops, pop], edges
+# ---- choosing the grouping of a split layer ------------------------------------------------------
+@dataclass
+class _Choice:
+    multiplier: int
+    plans: list[PsumPlan]
+    local: HwGraph  # the layer's part of the hardware graph with these plans
+    tiles: dict[str, tuple]  # population -> (tile, grid figures, fan-out)
+    cores: int
 
 
-def apply_splits(hw: HwGraph, plans: dict[str, list[PsumPlan]]) -> HwGraph:
-    """The hardware view with every planned partial-sum population and its edges inserted
-    just before its layer (so the populations stay in topological order)."""
-    pops, edges = [], []
-    for pop in hw.pops:
-        layer_pops, layer_edges = split_layer(pop, hw.incoming(pop.name), plans.get(pop.name, []))
-        pops += layer_pops
-        edges += layer_edges
-    return HwGraph(hw.input_shape, pops, edges)
+def _lower_bound(split: LayerSplit, m: int, pop: HwPop, profile: HardwareProfile) -> int:
+    """Cores below which no grouping with multiplier m can go: each partial sum needs
+    ceil(its neurons / neurons_per_core) cores, and the neuron cores receive one axon per group
+    and neuron of every split class (and hold at most neurons_per_core compartments)."""
+    npc, plane = profile.neurons_per_core, pop.shape[1] * pop.shape[2]
+    groups = [(class_groups(c, m), (c.b - c.a) * plane) for c in split.classes]
+    psums = sum(g * -(-n // npc) for g, n in groups)
+    axons = sum(g * n for g, n in groups)
+    return psums + max(-(-axons // profile.fan_in_axons), -(-pop.size * pop.compartments // npc))
 
 
-def local_graph(
-    work: HwGraph, view: HwGraph, name: str, plans: list[PsumPlan], depth: dict | None, limit: int
-) -> HwGraph:
-    """The part of ``work`` that the grouping of layer ``name`` changes, split by ``plans``: its
-    partial sums and neurons with every edge into them (each reading the relay stage of its
-    source that its delay needs, partial sums sitting at depth(name) - 1), its outgoing edges,
-    and the populations at the other ends (for their shapes). ``view`` is the unsplit view."""
-    pops, edges = split_layer(view.pop(name), view.incoming(name), plans)
-    moved = [] if depth is not None else edges  # no depths: no relays (estimates on ``view``)
-    for e in edges if depth is not None else []:
-        dst_depth = depth[name] - (e.dst != name)
-        src = e.src if e.kind == "psum" else relayed_source(e, dst_depth - depth[e.src] - 1, limit)
-        moved.append(e if src == e.src else HwEdge(**{**vars(e), "src": src}))
-    out = work.outgoing(name)
-    own = {p.name for p in pops}
-    others = dict.fromkeys([e.src for e in moved] + [e.dst for e in out])
-    ends = [work.pop(n) for n in others if n not in own and n != "input"]
-    return HwGraph(work.input_shape, ends + pops, moved + out)
-
-
-def replace_layer(work: HwGraph, name: str, local: HwGraph) -> HwGraph:
-    """``work`` with layer ``name``'s partial sums, neurons and their incoming edges taken from
-    ``local`` (built by ``local_graph``); the populations stay in topological order."""
-    old = {p.name for p in work.pops if p.layer == name and p.kind in ("psum",)} | {name}
-    new = [p for p in local.pops if p.layer == name and p.kind in ("psum",)] + [local.pop(name)]
-    at = next(i for i, p in enumerate(work.pops) if p.name in old)
-    pops = [p for p in work.pops if p.name not in old]
-    pops[at:at] = new
-    own = {p.name for p in new}
-    edges = [e for e in work.edges if e.dst not in old]
-    edges += [e for e in local.edges if e.dst in own]
-    return HwGraph(work.input_shape, pops, edges)
-
-
-def collapse_psums(local: HwGraph, name: str) -> HwGraph:
-    """``local`` with the identity edges from the partial sums of one class into ``name``
-    (identical but for their source) merged into one edge with ``copies``: the same figures for
-    the tiles of ``name`` with far fewer terms (one per class instead of one per group)."""
-    merged: dict[bytes, HwEdge] = {}
-    edges = []
-    for e in local.edges:
-        if e.dst != name or e.kind != "psum":
-            edges.append(e)
+def choose_grouping(
+    qg: QuantGraph,
+    view: HwGraph,
+    work: HwGraph,
+    depth: dict | None,
+    limit: int,
+    split: LayerSplit,
+    profile: HardwareProfile,
+    chosen: dict,
+    fixed: int | None,
+    memo: dict,
+) -> tuple[_Choice, list]:
+    """The candidate multiplier (or the ``fixed`` one) with the fewest cores of layer
+    ``split.layer``, and [m, cores or None (no fit)] per candidate tried; ``work`` is the
+    hardware graph being tiled (``chosen``: the tiles so far) with its ``depth`` (None: an
+    estimate on the unsplit ``view``). Raises the first candidate's error when none fits.
+    ``memo`` keeps plans and estimates per (layer, m) between calls."""
+    name, pop = split.layer, view.pop(split.layer)
+    best, tried, error = None, [], None
+    for m in [fixed] if fixed else multipliers(split):
+        if best is not None and _lower_bound(split, m, pop, profile) >= best.cores:
+            break  # the bound grows with m: no later candidate can do better
+        try:
+            if (name, m) not in memo:
+                memo[name, m] = layer_plans(
+                    qg, view, split, m, profile, True, memo["weights"], exact=False
+                )
+            plans = memo[name, m]
+            local = local_graph(work, view, name, plans, depth, limit)
+            known = memo.get((name, m, "estimate"))
+            cores, tiles = layer_tiles(local, name, [p.name for p in plans], profile, chosen, known)
+        except SpikedetError as err:
+            error = error or err
+            tried.append([m, None])
             continue
-        key = e.ch_lo.tobytes() + e.ch_hi.tobytes()
-        if key in merged:
-            merged[key].copies += 1
-        else:
-            merged[key] = HwEdge(**{**vars(e), "copies": 1})
-            edges.append(merged[key])
-    return HwGraph(local.input_shape, local.pops, edges)
+        if depth is None:  # an estimate on the unsplit view: no destinations tiled yet
+            memo[name, m, "estimate"] = tiles
+        tried.append([m, cores])
+        if best is None or cores < best.cores:
+            best = _Choice(m, plans, local, tiles, cores)
+    if best is None:
+        raise error  # type: ignore[misc]  # at least one candidate was tried
+    return best, tried
 
 
-def psum_signature(hw: HwGraph, name: str) -> tuple:
-    """Everything the tiling of partial sum ``name`` depends on, with source channels taken
-    relative to the first channel read from each source: equal signatures, equal tilings."""
-    sources: dict[str, int] = {}
-    for e in hw.incoming(name):
-        live = e.ch_hi > e.ch_lo
-        first = int(e.ch_lo[live].min(initial=1 << 62))
-        sources[e.src] = min(sources.get(e.src, first), first)
-    parts: list = [hw.shape(name)]
-    for e in [*hw.incoming(name), *hw.outgoing(name)]:
-        live = e.ch_hi > e.ch_lo
-        base = sources.get(e.src, 0) if e.dst == name else 0
-        rel = [np.where(live, x - base, 0).tobytes() for x in (e.ch_lo, e.ch_hi)]
-        key = list(sources).index(e.src) if e.dst == name else e.dst
-        parts.append((key, hw.shape(e.src), hw.shape(e.dst), e.kind, e.kernel, e.stride,
-                      e.padding, e.upsample, *rel, e.weights.tobytes()))  # fmt: skip
-    return tuple(parts)
+def _optional_split(
+    qg: QuantGraph, view: HwGraph, split: LayerSplit, profile: HardwareProfile, memo: dict
+) -> tuple[_Choice, int] | None:
+    """(choice, unsplit cores) when splitting a layer that fits saves OPTIONAL_SPLIT_GAIN x its
+    cores (both tiled without the neuron's fan-out limit), else None."""
+    name, pop = split.layer, view.pop(split.layer)
+    memo[name, "unsplit"] = best_tile(view, name, profile, {})
+    unsplit = tile_count(pop.shape, memo[name, "unsplit"][0])
+    if OPTIONAL_SPLIT_GAIN * _lower_bound(split, 2, pop, profile) > unsplit:
+        return None
+    try:
+        choice, _ = choose_grouping(qg, view, view, None, 0, split, profile, {}, None, memo)
+    except SpikedetError:
+        return None
+    return (choice, unsplit) if OPTIONAL_SPLIT_GAIN * choice.cores <= unsplit else None
+
+
+def plan_splits(
+    qg: QuantGraph, view: HwGraph, profile: HardwareProfile, search: bool, fixed: dict, memo: dict
+) -> tuple[dict, dict, dict]:
+    """The layers to split (needed, forced by ``fixed``, or optional and worth it) with
+    provisional plans, which fix the split graph's depths and relays (not its grouping), and
+    the unsplit cores of the optional ones."""
+    splits, plans, unsplit = {}, {}, {}
+    for p in qg.populations:
+        m = fixed.get(p.name)
+        optional = search or (m or 1) > 1
+        split = analyse_split(qg, view, p.name, profile, optional, memo["weights"])
+        if split is None or (not split.needed and m == 1):
+            continue
+        if split.needed or m:
+            first = m or multipliers(split)[0]
+            plans[p.name] = layer_plans(
+                qg, view, split, first, profile, False, memo["weights"], exact=False
+            )
+            splits[p.name] = split
+        elif found := _optional_split(qg, view, split, profile, memo):
+            splits[p.name], plans[p.name], unsplit[p.name] = split, found[0].plans, found[1]
+    return splits, plans, unsplit
