@@ -67,10 +67,12 @@ def pico_graph() -> QuantGraph:
 def bench(name: str, qg: QuantGraph, x: np.ndarray, lava: LavaEngine, repeats: int) -> dict:
     fixed = FixedEngine()
     fixed.run(qg, x)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(repeats):
+    times = []
+    for _ in range(repeats):  # best of: the machine is shared, the minimum is the engine's cost
+        t0 = time.perf_counter()
         res_fixed = fixed.run(qg, x)
-    fixed_inf = (time.perf_counter() - t0) / repeats / len(x)
+        times.append(time.perf_counter() - t0)
+    fixed_inf = min(times) / len(x)
     res_lava = lava.run(qg, x)
     cmp = compare(res_fixed, res_lava)
     lava_step = float(res_lava.info["step_s"])
@@ -119,7 +121,7 @@ def main() -> int:
             net,
             rng.integers(0, 4, (1, 2, 64, 64)),
             lava,
-            repeats=1 if args.quick else 3,
+            repeats=1 if args.quick else 10,
         )
     )
     head = (

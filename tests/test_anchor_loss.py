@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,8 +13,14 @@ import torch
 
 from spikedet.anchor_decode import decode_anchor_maps, postprocess_anchor
 from spikedet.errors import SpikedetError
-from spikedet.train.anchor_loss import AnchorLoss, decode_outputs, match_targets
-from spikedet.train.models.ems import build_ems
+from spikedet.train.anchor_loss import (
+    AnchorLoss,
+    decode_outputs,
+    fit_anchors,
+    match_targets,
+    matched_share,
+)
+from spikedet.train.models.ems import build_ems, ems_config
 
 STRIDES = [16, 32]
 ANCHORS = np.array([[[2, 2], [3, 3], [4, 6]], [[8, 8], [14, 17], [22, 27]]], dtype=np.float32)
@@ -218,3 +226,87 @@ def test_ground_truth_like_maps_give_those_detections():
         np.testing.assert_allclose(got[:, :4], [t[5] for t in want], atol=1e-3)
         np.testing.assert_array_equal(got[:, 5], [t[4] for t in want])
         np.testing.assert_allclose(got[:, 4], (1 / (1 + math.exp(-10))) ** 2, rtol=1e-5)
+
+
+def test_fit_anchors_finds_size_clusters():
+    """Six log-normal size clusters -> one anchor at each cluster's geometric mean, by area."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[4, 12], [12, 6], [16, 16], [30, 20], [24, 48], [60, 60]], float)
+    wh = np.concatenate([c * np.exp(rng.normal(0, 0.08, (200, 2))) for c in centres])
+    anchors = fit_anchors(rng.permutation(wh))
+    assert anchors.shape == (2, 3, 2)
+    np.testing.assert_allclose(anchors.reshape(6, 2), centres, rtol=0.03)
+    np.testing.assert_array_equal(anchors, fit_anchors(wh))  # no random start
+    assert matched_share(wh, anchors[0]) < 0.7 and matched_share(wh, anchors) == 1.0
+    # weights: a cluster given no weight no longer pulls an anchor towards it
+    weights = np.repeat([1.0, 1, 1, 1, 1, 0], 200)
+    assert not np.allclose(fit_anchors(wh, weights=weights)[1, 2], [60, 60], rtol=0.1)
+
+
+def test_fit_anchors_rejects_bad_input():
+    wh = np.full((10, 2), 5.0)
+    for bad in (np.zeros((10, 2)), np.full((10, 3), 5.0), np.full((5, 2), 5.0)):
+        with pytest.raises(SpikedetError):
+            fit_anchors(bad)
+    with pytest.raises(SpikedetError):
+        fit_anchors(wh, weights=np.zeros(10))
+    with pytest.raises(SpikedetError):
+        fit_anchors(wh, weights=np.ones(9))
+
+
+def _learn_benchmark():
+    """benchmarks/learn.py as a module (its data specs and run settings)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learn.py"
+    spec = importlib.util.spec_from_file_location("spikedet_learn_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _synthetic_coco_sizes(spec, imgsz: int) -> np.ndarray:
+    """Box sizes of the synthetic COCO train split (as write_synthetic_coco draws them),
+    letterboxed to ``imgsz`` (square images: a pure scale)."""
+    from spikedet.train.data.synth_coco import render_image
+
+    sizes = []
+    for index in range(spec.n_train):
+        _, objects = render_image(np.random.default_rng([spec.seed, 0, index]), spec.imgsz)
+        sizes += [obj["bbox"][2:] for obj in objects]
+    return np.array(sizes) * (imgsz / spec.imgsz)
+
+
+def _synthetic_gen1_sizes(spec, imgsz: int) -> np.ndarray:
+    """Box sizes of the synthetic Gen1 train split as ``Gen1DetectionSet`` yields them (last
+    row per track, clipped to the frame, letterboxed to ``imgsz``), without simulating events:
+    write_synthetic_gen1 draws the stem, objects and labels before the events."""
+    from spikedet.train.data.coco import letterbox_geometry
+    from spikedet.train.data.gen1_dataset import clip_boxes, last_per_track
+    from spikedet.train.data.synth_gen1 import _make_objects, _stem, make_labels
+
+    ratio = letterbox_geometry(240, 304, imgsz)[0]
+    sizes = []
+    for index in range(spec.n_train):
+        rng = np.random.default_rng([spec.seed, 0, index])
+        _stem(rng, spec.seconds)
+        labels = make_labels(rng, _make_objects(rng, spec.seconds), spec.seconds)
+        for t in np.unique(labels["t"]):
+            xyxy, _ = clip_boxes(last_per_track(labels[labels["t"] == t]), 240, 304)
+            sizes.append((xyxy[:, 2:] - xyxy[:, :2]) * ratio)
+    return np.concatenate(sizes)
+
+
+def test_ems_pico_anchors_are_fitted_to_the_benchmark_sets():
+    """The ems-pico anchors are fit_anchors of both learn.py train sets at the imgsz of their
+    runs, the sets weighted equally (rounded to 0.1 px); every box then has a positive at each
+    stride it fits, and the stride-16 level gets most boxes of both sets."""
+    learn = _learn_benchmark()
+    coco_run, gen1_run = learn.RUNS["ems-coco"], learn.RUNS["ems-gen1"]
+    coco = _synthetic_coco_sizes(coco_run.data, coco_run.train["imgsz"])
+    gen1 = _synthetic_gen1_sizes(gen1_run.data, gen1_run.train["imgsz"])
+    weights = np.concatenate([np.full(len(coco), 1 / len(coco)), np.full(len(gen1), 1 / len(gen1))])
+    fitted = fit_anchors(np.concatenate([coco, gen1]), weights=weights)
+    anchors = np.array(ems_config("ems-pico")["anchors"])
+    np.testing.assert_allclose(anchors, np.round(fitted, 1), atol=1e-6)
+    for sizes in (coco, gen1):
+        assert matched_share(sizes, anchors) == 1.0
+        assert matched_share(sizes, anchors[0]) > 0.8  # stride 16 (was 0.0 on COCO before)

@@ -371,3 +371,24 @@ def test_format1_npz_still_loads(tmp_path: Path) -> None:
     old = QuantGraph.load(tmp_path / "old.npz")
     assert [s.upsample for s in old.synapses] == [1] * len(qg.synapses)
     assert [p.depth for p in old.populations] == [p.depth for p in qg.populations]
+
+
+@pytest.mark.parametrize("kind", ["ilif", "lif"])
+@pytest.mark.parametrize("dv", [0, 2048, 3072, 3584, 4095])
+def test_int32_recurrence_equals_int64(kind: str, dv: int) -> None:
+    """The int32 neuron loop (shift decay) gives the int64 loop's spikes, clips included."""
+    from spikedet.sim.fixed import run_population, state_dtype
+
+    rng = np.random.default_rng(dv)
+    pop = QPopulation(
+        "p", kind, (3, 5, 7), theta=4096, bias=rng.integers(-9000, 9000, 3), D=4 if kind == "ilif" else 1,
+        dv=dv, vth=2048 if kind == "lif" else 0,
+    )  # fmt: skip
+    bound = 2 << 23  # two incoming 24-bit terms
+    current = rng.integers(-bound, bound, (6, 2, 3, 5, 7))
+    assert state_dtype(pop, bound) is np.int32 and state_dtype(pop, None) is np.int64
+    wide = run_population(pop, current)
+    narrow = run_population(pop, current, current_bound=bound)
+    assert np.array_equal(wide, narrow) and 0 < wide.mean() < pop.D
+    odd = QPopulation("q", kind, (1, 1, 1), theta=2, bias=[0], D=pop.D, dv=1024)
+    assert state_dtype(odd, bound) is np.int64  # 4096 - 1024 = 3072: a product, not a shift
