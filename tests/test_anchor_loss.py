@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -233,14 +234,23 @@ def test_fit_anchors_finds_size_clusters():
     rng = np.random.default_rng(0)
     centres = np.array([[4, 12], [12, 6], [16, 16], [30, 20], [24, 48], [60, 60]], float)
     wh = np.concatenate([c * np.exp(rng.normal(0, 0.08, (200, 2))) for c in centres])
-    anchors = fit_anchors(rng.permutation(wh))
+    anchors = fit_anchors(wh)
     assert anchors.shape == (2, 3, 2)
     np.testing.assert_allclose(anchors.reshape(6, 2), centres, rtol=0.03)
     np.testing.assert_array_equal(anchors, fit_anchors(wh))  # no random start
-    assert matched_share(wh, anchors[0]) < 0.7 and matched_share(wh, anchors) == 1.0
-    # weights: a cluster given no weight no longer pulls an anchor towards it
-    weights = np.repeat([1.0, 1, 1, 1, 1, 0], 200)
-    assert not np.allclose(fit_anchors(wh, weights=weights)[1, 2], [60, 60], rtol=0.1)
+    np.testing.assert_allclose(fit_anchors(rng.permutation(wh)), anchors, rtol=1e-9)
+    # the three smallest clusters fit the first level within a factor 2, the largest not at all
+    assert matched_share(wh[:600], anchors[0], anchor_t=2.0) == 1.0
+    assert matched_share(wh[1000:], anchors[0], anchor_t=2.0) == 0.0
+    assert matched_share(wh, anchors) == 1.0
+    # the rule is strict, as in match_targets: a ratio of exactly anchor_t does not match
+    assert matched_share(np.array([[10.0, 10.0]]), np.array([[40.0, 10.0]])) == 0.0
+    assert matched_share(np.array([[10.0, 10.0]]), np.array([[39.0, 10.0]])) == 1.0
+    # an integer weight counts a box that many times
+    counts = rng.integers(1, 4, len(wh))
+    weighted = fit_anchors(wh, weights=counts.astype(float))
+    np.testing.assert_allclose(weighted, fit_anchors(np.repeat(wh, counts, axis=0)), rtol=1e-9)
+    assert not np.allclose(weighted, anchors, rtol=1e-4)
 
 
 def test_fit_anchors_rejects_bad_input():
@@ -252,6 +262,8 @@ def test_fit_anchors_rejects_bad_input():
         fit_anchors(wh, weights=np.zeros(10))
     with pytest.raises(SpikedetError):
         fit_anchors(wh, weights=np.ones(9))
+    with pytest.raises(SpikedetError):
+        matched_share(wh, np.array([[0.0, 4.0]]))
 
 
 def _learn_benchmark():
@@ -259,6 +271,7 @@ def _learn_benchmark():
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "learn.py"
     spec = importlib.util.spec_from_file_location("spikedet_learn_benchmark", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

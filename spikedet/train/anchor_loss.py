@@ -17,6 +17,11 @@ multiplied by the batch size, as ``spikedet.train.loss.DetectionLoss`` (the trai
 assume it). ``sum(parts.values()) == loss``.
 Where several matches land on the same (image, anchor, cell) the obj target is their largest
 IoU (YOLOv5 keeps the last written one, which depends on ordering); this keeps it deterministic.
+
+Anchors: ``fit_anchors`` clusters a data set's box sizes (at the model's imgsz) into levels x na
+anchors under the matching ratio (the role of YOLOv5's autoanchor); ``matched_share`` is the
+share of boxes some anchor matches. Anchors that fit no box of a level leave that level's
+objectness trained on negatives only.
 """
 
 from __future__ import annotations
@@ -115,6 +120,8 @@ def matched_share(wh: np.ndarray, anchors: np.ndarray, anchor_t: float = ANCHOR_
     matches under the ``match_targets`` rule max(r, 1/r) < anchor_t on both sides, r = wh / A."""
     wh = np.asarray(wh, dtype=np.float64).reshape(-1, 2)
     anchors = np.asarray(anchors, dtype=np.float64).reshape(-1, 2)
+    if not (np.all(np.isfinite(wh)) and np.all(wh > 0) and np.all(anchors > 0)):
+        raise SpikedetError("box and anchor sizes must be finite and positive", "matched_share")
     if len(wh) == 0:
         return 0.0
     ratio = wh[:, None, :] / anchors[None]
@@ -140,8 +147,9 @@ def fit_anchors(
     wh = np.asarray(wh, dtype=np.float64)
     k = int(n_levels) * int(na)
     if wh.ndim != 2 or wh.shape[1] != 2 or not np.all(np.isfinite(wh)) or np.any(wh <= 0):
-        raise SpikedetError(f"box sizes must be a finite positive [N, 2] array, got {wh.shape}",
-                            "fit_anchors")  # fmt: skip
+        raise SpikedetError(
+            f"box sizes must be a finite positive [N, 2] array, got {wh.shape}", "fit_anchors"
+        )
     if k < 1 or len(wh) < k:
         raise SpikedetError(f"{len(wh)} boxes cannot give {k} anchors", "fit_anchors")
     w = np.ones(len(wh)) if weights is None else np.asarray(weights, dtype=np.float64)

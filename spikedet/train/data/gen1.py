@@ -48,10 +48,11 @@ BBOX_DTYPE_ORIGINAL = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w",
                                 ("track_id", "<u4")])  # fmt: skip
 _VALID_TYPES = (0, 12)  # Event2D (Gen1/ATIS) and EventCD (Metavision)
 _MAX_HEADER_BYTES = 1 << 16
-# Records decoded per pass of read_dat_body. Each numpy call costs ~1 us, so chunks must be large;
-# the chunk's buffers (~40 B per event) should stay near the 1 MiB L2. Measured on 5 M events:
-# 16k 0.96x, 32k 1.02x, 64k 1.04x, 128k 0.82-0.93x the speed of expelliarmus.
-CHUNK_EVENTS = 1 << 16
+# Records decoded per pass of read_dat_body: each numpy call costs ~1 us, so chunks must be large,
+# but their ~40 B/event of buffers should stay in L2. benchmarks/events.py, 5 M events, speed vs
+# expelliarmus alone: 16k 0.96x, 32k 0.98-1.00x, 64k 1.01-1.06x on one machine; 16k 0.88x,
+# 32k 0.85-0.86x, 64k 0.71-0.75x on another with 2 MB of L2 per core. 16k loses least.
+CHUNK_EVENTS = 1 << 14
 _X_AND_HIGH_BITS = np.uint32(0xE000_3FFF)  # x plus bits 29-31: over `width` if either is bad
 _Y_AT_16 = np.uint32(0x3FFF_0000)  # y after w << 2: already in place for the x | y << 16 word
 
