@@ -4,7 +4,8 @@ Writes a synthetic random file (sorted t over 60 s, x < 304, y < 240, p in {0, 1
 folder, then times (best of ``--repeat`` runs, one process, so one core):
 
 - expelliarmus ``Wizard(encoding="dat").read`` alone (no checks): the reference speed,
-- ``read_dat`` (default: the chunked numpy decoder ``read_dat_body``) with all our checks,
+- ``read_dat`` (default: ``read_dat_body``, chunks through our C decoder) with all our checks,
+- the same with the numpy passes only (where the C extension was not built),
 - ``read_dat`` with the expelliarmus backend and all checks,
 - ``read_dat_body`` with other chunk sizes (``--chunks``),
 - ``DatFile`` open (header + monotonic t index) and one 250 ms window,
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spikedet.train.data import gen1
 from spikedet.train.data.events import REPRESENTATIONS, events_to_tensor
 from spikedet.train.data.gen1 import (
     CHUNK_EVENTS,
@@ -39,6 +41,15 @@ from spikedet.train.data.synth_gen1 import write_dat
 
 HEADER = ["Data file containing Event2D events", "Version 2", "Date 2017-04-06 09:57:37",
           "Height 240", "Width 304"]  # fmt: skip
+
+
+def numpy_only(path: Path) -> np.ndarray:
+    """``read_dat`` as it runs where the C decoder was not built (the numpy passes alone)."""
+    decoder, gen1._datdecode = gen1._datdecode, None
+    try:
+        return read_dat(path)
+    finally:
+        gen1._datdecode = decoder
 
 
 def best_times(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
@@ -71,15 +82,20 @@ def main() -> None:
         path = Path(tmp) / "bench_td.dat"
         write_dat(path, raw, HEADER)
         wizard = Wizard(encoding="dat")
+        decoder = "C" if gen1._datdecode is not None else "numpy"
         header = read_dat_header(path)
         ev = read_dat(path)
         assert np.array_equal(ev, wizard.read(str(path)))
         assert np.array_equal(ev, read_dat(path, backend="expelliarmus"))
         readers: dict[str, Callable[[], object]] = {
             "expelliarmus read (no checks)": lambda: wizard.read(str(path)),
-            f"read_dat numpy chunk={CHUNK_EVENTS} + checks": lambda: read_dat(path),
+            f"read_dat {decoder} chunk={CHUNK_EVENTS} + checks": lambda: read_dat(path),
             "read_dat expelliarmus + checks": lambda: read_dat(path, backend="expelliarmus"),
         }
+        if gen1._datdecode is not None:
+            readers[f"read_dat numpy passes chunk={CHUNK_EVENTS} + checks"] = lambda: numpy_only(
+                path
+            )
         for chunk in (int(c) for c in args.chunks.split(",") if c):
             assert np.array_equal(read_dat_body(header, chunk_events=chunk), ev)
             readers[f"read_dat_body chunk={chunk} + checks"] = lambda c=chunk: read_dat_body(

@@ -90,3 +90,5 @@ def test_wheel_ships_hardware_profiles(tmp_path: Path) -> None:
     for profile in ("loihi2.yaml", "loihi1.yaml", "cmos45nm.yaml"):
         assert f"spikedet/hardware_profiles/{profile}" in names
     assert "spikedet/sim/lava_worker.py" in names
+    # the compiled .dat decoder (setup.py), so a pip-installed reader is as fast as ours
+    assert any(n.startswith("spikedet/train/data/_datdecode") and n.endswith(".so") for n in names)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from spikedet.errors import SpikedetError
+from spikedet.train.data import gen1
 from spikedet.train.data.gen1 import (
     CHUNK_EVENTS,
     EVENT_DTYPE,
@@ -21,6 +22,31 @@ from spikedet.train.data.synth_gen1 import write_dat
 
 HEADER = ["Data file containing Event2D events", "Version 2", "Height 240", "Width 304"]
 CHUNKS = (1, 2, 7, 64, 1000)  # 1000 > the 300-event files: a single short chunk
+
+
+@pytest.fixture(autouse=True, params=["c", "numpy"])
+def decoder(request, monkeypatch):
+    """Every test runs with the C chunk decoder and with the numpy passes alone."""
+    if request.param == "numpy":
+        monkeypatch.setattr(gen1, "_datdecode", None)
+    return request.param
+
+
+def test_the_c_decoder_is_built() -> None:
+    """``make setup`` builds spikedet.train.data._datdecode (setup.py); without it reads fall
+    back to numpy silently, so the project's own environments must have it."""
+    from spikedet.train.data import _datdecode
+
+    assert callable(_datdecode.decode)
+
+
+def test_c_decoder_rejects_mismatched_buffers() -> None:
+    from spikedet.train.data import _datdecode
+
+    with pytest.raises(ValueError):
+        _datdecode.decode(np.zeros(16, np.uint8), np.zeros(16, np.uint8), 304, 240, -1, False)
+    with pytest.raises(ValueError):
+        _datdecode.decode(np.zeros(12, np.uint8), np.zeros(16, np.uint8), 304, 240, -1, False)
 
 
 def random_raw(n: int, seed: int = 0) -> np.ndarray:

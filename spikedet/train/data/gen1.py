@@ -9,7 +9,8 @@ Readers, all returning ``EVENT_DTYPE`` (expelliarmus' own output layout) and all
 header, the type/size bytes, a body length that is a multiple of 8, p in {0, 1} (bits 29-31
 zero), x < width, y < height and non-decreasing timestamps, raising ``SpikedetError`` naming the
 file and the first bad event:
-- ``read_dat(path)``: the chunked numpy decoder ``read_dat_body`` (default, the fastest),
+- ``read_dat(path)``: ``read_dat_body`` (default, the fastest): chunks decoded and checked in one
+  pass by our C extension ``_datdecode`` (setup.py), or by numpy passes where it was not built,
 - ``read_dat(path, backend="expelliarmus")``: expelliarmus' C decoder, then the same checks,
 - ``DatFile(path).window(t0, t1)``: memmap access to a time window.
 
@@ -32,6 +33,11 @@ import numpy as np
 
 from spikedet.errors import SpikedetError
 
+try:  # the one-pass C decoder (setup.py); without a compiler the numpy passes do the same
+    from spikedet.train.data import _datdecode
+except ImportError:  # pragma: no cover - depends on the install
+    _datdecode = None
+
 SENSOR_HW = (240, 304)  # Gen1 ATIS (height, width); the default when the header has none
 CLASS_NAMES = ("car", "pedestrian")  # class_id 0, 1
 EVENT_DTYPE = np.dtype({"names": ["t", "x", "y", "p"], "formats": ["<i8", "<i2", "<i2", "u1"],
@@ -48,10 +54,10 @@ BBOX_DTYPE_ORIGINAL = np.dtype([("ts", "<u8"), ("x", "<f4"), ("y", "<f4"), ("w",
                                 ("track_id", "<u4")])  # fmt: skip
 _VALID_TYPES = (0, 12)  # Event2D (Gen1/ATIS) and EventCD (Metavision)
 _MAX_HEADER_BYTES = 1 << 16
-# Records decoded per pass of read_dat_body: each numpy call costs ~1 us, so chunks must be large,
-# but their ~40 B/event of buffers should stay in L2. benchmarks/events.py, 5 M events, speed vs
-# expelliarmus alone: 16k 0.96x, 32k 0.98-1.00x, 64k 1.01-1.06x on one machine; 16k 0.88x,
-# 32k 0.85-0.86x, 64k 0.71-0.75x on another with 2 MB of L2 per core. 16k loses least.
+# Records decoded per pass of read_dat_body (benchmarks/events.py, 5 M events, vs expelliarmus
+# alone): the C decoder 16k 1.12-1.16x, 256k 1.08-1.10x. The numpy fallback costs ~1 us per
+# call, and its ~40 B/event of buffers should stay in L2: 16k 0.88x, 64k 0.71-0.75x on a machine
+# with 2 MB of L2 per core (16k 0.96x, 64k 1.01-1.06x on another).
 CHUNK_EVENTS = 1 << 14
 _X_AND_HIGH_BITS = np.uint32(0xE000_3FFF)  # x plus bits 29-31: over `width` if either is bad
 _Y_AT_16 = np.uint32(0x3FFF_0000)  # y after w << 2: already in place for the x | y << 16 word
@@ -225,7 +231,8 @@ def read_dat_body(
 
     One pass over the file in chunks of ``chunk_events`` records read into one reused buffer, so
     each chunk is decoded and checked while it is in cache (full-array passes are memory-bound).
-    Per chunk, viewing the buffer as uint64 at byte offsets 0 and 4 and casting to uint32 gives
+    ``_datdecode.decode`` does a chunk in one C loop; when it found a bad record, or when it
+    was not built, the numpy passes below do the chunk and raise or warn. Per chunk, viewing the buffer as uint64 at byte offsets 0 and 4 and casting to uint32 gives
     the t and w columns in one contiguous pass each. Checks: t[i] >= t[i-1] (across chunks too),
     ``w & 0xE0003FFF < width`` (x inside and bits 29-31 clear, so p = w >> 28 is 0 or 1) and
     ``(w << 2) & 0x3FFF0000 < height << 16`` (y inside). Output rows are written as uint32 words
@@ -255,6 +262,17 @@ def read_dat_body(
                 t_words, w_words, t, w, low = t_words[:k], w_words[:k], t[:k], w[:k], low[:k]
             if fh.readinto(memoryview(buffer)[: 8 * k]) != 8 * k:  # short only at the end
                 raise SpikedetError("file got shorter while reading (changed on disk?)", where)
+            if _datdecode is not None:  # one C pass; on a bad record the numpy code below
+                fault, run_max = _datdecode.decode(  # redoes the chunk and raises or warns
+                    buffer[: 8 * k], words[lo : lo + k], header.width, header.height,
+                    order.run_max, order.clamping,
+                )  # fmt: skip
+                if not fault:
+                    order.last_raw, order.run_max = (
+                        int(buffer[8 * k - 8 : 8 * k - 4].view("<u4")[0]),
+                        run_max,
+                    )
+                    continue
             np.copyto(t, t_words, casting="unsafe")  # low halves of the uint64s: t
             np.copyto(w, w_words, casting="unsafe")  # w (the next record's t is cut off)
             order.check(t, lo)
