@@ -10,8 +10,9 @@ import pytest
 from spikedet.errors import SpikedetError
 from spikedet.train.data.coco import to_original
 from spikedet.train.data.events import events_to_tensor
-from spikedet.train.data.gen1 import BBOX_DTYPE, EVENT_DTYPE, find_recordings, read_bbox, read_dat
+from spikedet.train.data.gen1 import EVENT_DTYPE, read_dat
 from spikedet.train.data.gen1_dataset import Gen1DetectionSet, last_per_track
+from spikedet.train.data.gen1_labels import BBOX_DTYPE, find_recordings, read_bbox
 from spikedet.train.data.synth_gen1 import write_bbox, write_synthetic_gen1
 
 

@@ -9,15 +9,8 @@ import pytest
 
 from spikedet.cli.main import main
 from spikedet.errors import SpikedetError
-from spikedet.train.data.gen1 import (
-    BBOX_DTYPE,
-    EVENT_DTYPE,
-    DatFile,
-    find_recordings,
-    read_bbox,
-    read_dat,
-    read_dat_header,
-)
+from spikedet.train.data.gen1 import EVENT_DTYPE, DatFile, read_dat, read_dat_header
+from spikedet.train.data.gen1_labels import BBOX_DTYPE, find_recordings, read_bbox
 from spikedet.train.data.synth_gen1 import (
     _make_objects,
     simulate_events,

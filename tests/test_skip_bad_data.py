@@ -154,7 +154,7 @@ def test_coco_train_skip_bad(coco, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def gen1(tmp_path_factory) -> dict:
     """Three 1 s val recordings: a truncated .dat, a garbage _bbox.npy and a good one."""
-    from spikedet.train.data.gen1 import CLASS_NAMES
+    from spikedet.train.data.gen1_labels import CLASS_NAMES
     from spikedet.train.data.synth_gen1 import write_synthetic_gen1
 
     base = tmp_path_factory.mktemp("gen1")

@@ -10,7 +10,7 @@
 3. ``category_id = class_id + 1`` (1 car, 2 pedestrian), ``area = w·h``; faster-coco-eval
    ``bbox`` gives ``map, map50, map75, maps, mapm, mapl`` (``evaluate.coco_map``).
 
-Box arrays use ``gen1.BBOX_DTYPE`` (or the original dtype); detections score with
+Box arrays use ``gen1_labels.BBOX_DTYPE`` (or the original dtype); detections score with
 ``class_confidence``.
 """
 
@@ -23,7 +23,8 @@ import numpy as np
 
 from spikedet.errors import SpikedetError
 from spikedet.train.data.coco import to_original
-from spikedet.train.data.gen1 import BBOX_DTYPE, CLASS_NAMES, SENSOR_HW
+from spikedet.train.data.gen1 import SENSOR_HW
+from spikedet.train.data.gen1_labels import BBOX_DTYPE, CLASS_NAMES
 from spikedet.train.evaluate import coco_map
 
 SKIP_US = 500_000

@@ -85,8 +85,8 @@ def make_dataset(
 
         dataset = CocoDetectionSet.from_root(root, split, imgsz, augment, seed, skip_bad)
     elif kind == "gen1":
-        from spikedet.train.data.gen1 import CLASS_NAMES
         from spikedet.train.data.gen1_dataset import Gen1DetectionSet
+        from spikedet.train.data.gen1_labels import CLASS_NAMES
 
         dataset = Gen1DetectionSet(
             root, split, T=time_steps, imgsz=imgsz, augment=augment, seed=seed, skip_bad=skip_bad

@@ -36,14 +36,8 @@ import numpy as np
 from spikedet.errors import SpikedetError
 from spikedet.train.data.coco import Sample, letterbox_geometry
 from spikedet.train.data.events import BACKGROUND, channels, events_to_tensor
-from spikedet.train.data.gen1 import (
-    SENSOR_HW,
-    DatFile,
-    Gen1Recording,
-    find_recordings,
-    read_bbox,
-    read_dat_header,
-)
+from spikedet.train.data.gen1 import SENSOR_HW, DatFile, read_dat_header
+from spikedet.train.data.gen1_labels import Gen1Recording, find_recordings, read_bbox
 
 
 def last_per_track(rows: np.ndarray) -> np.ndarray:
