@@ -157,7 +157,7 @@ def test_errors(pico):
         build_ems("ems-res99")
     with pytest.raises(SpikedetError, match="unknown or fixed"):
         build_ems("ems-pico", depth=3)
-    with pytest.raises(SpikedetError, match="multiple of 32"):
+    with pytest.raises(SpikedetError, match="multiple of the max stride 32"):
         pico(torch.rand(1, 3, 48, 48))
     with pytest.raises(SpikedetError, match="input must be"):
         pico(torch.rand(1, 1, 64, 64))

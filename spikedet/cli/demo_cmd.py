@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 # Dataset sizes per mode; the training schedule for each mode lives in
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     _stage(3, 4, "export: NIR (nir.write, read back with nir.read)")
     model = load_model(result["best"])
-    graph = export_model(model)
+    graph = export_model(model, data=asdict(cfg))
     nir_path = out / "model.nir"
     write_nir(graph, nir_path)
     back = nir.read(str(nir_path))

@@ -79,7 +79,7 @@ def export_checkpoint(
     from spikedet.convert.nir_export import export_model, parameter_coverage, write_nir
     from spikedet.convert.onnx_export import check_onnx, export_onnx
     from spikedet.fileio import atomic_path
-    from spikedet.train.checkpoint import load_model
+    from spikedet.train.checkpoint import load_checkpoint, load_model
     from spikedet.train.models.yolo_blocks import reparameterize
 
     out = Path(out)
@@ -92,7 +92,9 @@ def export_checkpoint(
     model = load_model(weights)
     _check_size(model, imgsz)
     fused = reparameterize(model)  # exact in eval mode; 0 for models without RepSpikeConv
-    graph = export_model(model, imgsz)
+    train_config = load_checkpoint(weights).get("train_config")
+    data = train_config if isinstance(train_config, dict) else None
+    graph = export_model(model, imgsz, data)  # data: the input encoding deploy must feed
     coverage = parameter_coverage(model, graph)
     if not coverage["covered"]:
         raise SpikedetError(

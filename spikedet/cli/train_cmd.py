@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from spikedet.train.data.events import REPRESENTATIONS
+
 # Options of `train` that map onto TrainConfig fields of the same name.
 TRAIN_OVERRIDES = (
     "model", "data", "dataset", "epochs", "imgsz", "batch", "out", "optimizer", "lr", "seed",
-    "device", "workers", "time_steps", "skip_bad",
+    "device", "workers", "time_steps", "representation", "bins", "skip_bad",
 )  # fmt: skip
 SKIP_BAD_HELP = (
     "leave out unreadable images / broken annotation entries (COCO) and corrupt recordings "
@@ -50,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", choices=("cpu", "cuda"))
     t.add_argument("--workers", type=int, help="DataLoader worker processes")
     t.add_argument("--time-steps", type=int, help="Gen1: T bins per 250 ms window (default 5)")
+    t.add_argument(
+        "--representation",
+        choices=REPRESENTATIONS,
+        help="Gen1 input: polarity3 frames (default, the papers'), counts2 per-polarity counts, "
+        "or histogram (RVT-style, 2 x --bins channels)",
+    )
+    t.add_argument("--bins", type=int, help="Gen1 histogram: sub-bins per time step (default 10)")
     t.add_argument("--resume", action="store_true", help="continue OUT/last.pt exactly")
     t.add_argument("--skip-bad", action="store_true", default=None, help=SKIP_BAD_HELP)
     t.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -146,9 +155,12 @@ def run_eval(args: argparse.Namespace) -> int:
     stored = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
     kind = args.dataset or str(stored.get("dataset", "coco"))
     cfg = state["config"]
+    # Gen1: the representation the model was trained on (older checkpoints: polarity3)
+    representation = str(stored.get("representation", "polarity3"))
     dataset = make_dataset(
         kind, str(args.data), args.split, int(cfg["imgsz"]), False, 0, int(cfg["T"]),
-        skip_bad=bool(args.skip_bad),
+        skip_bad=bool(args.skip_bad), representation=representation,
+        bins=int(stored.get("bins", 10)),
     )  # fmt: skip
     if len(dataset) == 0:
         raise SpikedetError(f"split '{args.split}' is empty", str(args.data))

@@ -37,7 +37,7 @@ from spikedet.convert.nir_builder import (  # noqa: F401 - re-exported API
     Population,
     extensions_json,
 )
-from spikedet.convert.nir_format import FORMAT_VERSION
+from spikedet.convert.nir_format import FORMAT_VERSION, input_encoding
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
 from spikedet.nirio import read_graph, write_graph
@@ -49,8 +49,12 @@ MODEL_ATTRIBUTES = {
 }
 
 
-def trace_model(model: nn.Module, imgsz: int | None = None) -> tuple[nir.NIRGraph, NIRBuilder]:
-    """Export ``model`` (put in eval mode) at ``imgsz``; also return the builder (mappings)."""
+def trace_model(
+    model: nn.Module, imgsz: int | None = None, data: dict[str, Any] | None = None
+) -> tuple[nir.NIRGraph, NIRBuilder]:
+    """Export ``model`` (put in eval mode) at ``imgsz``; also return the builder (mappings).
+    ``data``: the run's ``train_config`` (its dataset and Gen1 representation go into the
+    metadata, ``input_encoding``); None: images."""
     head_type = str(getattr(model, "head_type", "dfl"))
     needed = MODEL_ATTRIBUTES.get(head_type)
     missing = [a for a in (*(needed or ()), "trace") if not hasattr(model, a)]
@@ -72,6 +76,7 @@ def trace_model(model: nn.Module, imgsz: int | None = None) -> tuple[nir.NIRGrap
     in_channels = getattr(model, "in_channels", None)
     if in_channels is None:  # the first conv reads the image; the builder re-checks this
         in_channels = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    encoding = input_encoding(data)
     was_training = model.training
     model.eval()
     try:
@@ -101,7 +106,8 @@ def trace_model(model: nn.Module, imgsz: int | None = None) -> tuple[nir.NIRGrap
             "spikedet.model": model_name,
             "spikedet.T": int(model.T),
             "dt": builder.dt,
-            "spikedet.input_scale": int(getattr(model, "input_scale", 255)),
+            "spikedet.input_scale": int(encoding["input_scale"]),
+            "spikedet.input": json.dumps({k: v for k, v in encoding.items() if k != "input_scale"}),
             "spikedet.head": json.dumps(head),
         }
         return builder.graph(metadata), builder
@@ -109,9 +115,12 @@ def trace_model(model: nn.Module, imgsz: int | None = None) -> tuple[nir.NIRGrap
         model.train(was_training)
 
 
-def export_model(model: nn.Module, imgsz: int | None = None) -> nir.NIRGraph:
-    """The NIR graph of ``model`` at input size ``imgsz`` (default ``model.imgsz``), §2."""
-    return trace_model(model, imgsz)[0]
+def export_model(
+    model: nn.Module, imgsz: int | None = None, data: dict[str, Any] | None = None
+) -> nir.NIRGraph:
+    """The NIR graph of ``model`` at input size ``imgsz`` (default ``model.imgsz``), §2;
+    ``data`` as in ``trace_model``."""
+    return trace_model(model, imgsz, data)[0]
 
 
 def _head_outputs(outputs: Any, builder: NIRBuilder, head_type: str, where: str) -> list:

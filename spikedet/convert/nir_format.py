@@ -104,3 +104,43 @@ def pool_spec(name: str, node: nir.SumPool2d) -> dict[str, Any]:
 def _pair(value: Any) -> tuple[int, int]:
     arr = np.asarray(value).reshape(-1)
     return (int(arr[0]), int(arr[0])) if arr.size == 1 else (int(arr[0]), int(arr[1]))
+
+
+_GEN1_REPRESENTATIONS = ("polarity3", "counts2", "histogram")  # train.data.events (torch-free)
+
+
+def input_encoding(train_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the graph's input is, from a checkpoint's ``train_config`` (metadata
+    ``spikedet.input``): ``dataset`` (coco or gen1), the Gen1 ``representation`` and ``bins``,
+    and ``input_scale``, the factor that makes every input an integer (x_int = x * scale): 255
+    for images and polarity3 frames (value / 255), 1 for event counts and histograms."""
+    tc = train_config or {}
+    dataset = str(tc.get("dataset", "coco"))
+    representation = str(tc.get("representation", "polarity3"))
+    scale = 255 if dataset == "coco" or representation == "polarity3" else 1
+    encoding = {
+        "dataset": dataset,
+        "representation": representation,
+        "bins": int(tc.get("bins", 10)),
+    }
+    return {**encoding, "input_scale": scale}
+
+
+def graph_input(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``spikedet.input`` of a graph, checked; graphs written before it: COCO-style images."""
+    text = meta_str(metadata, "spikedet.input")
+    try:
+        spec = {} if text is None else json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpikedetError(f"not JSON: {err}", "spikedet.input") from None
+    if not isinstance(spec, dict):
+        raise SpikedetError("must be a JSON object", "spikedet.input")
+    out = input_encoding(spec)
+    bad = (
+        out["dataset"] not in ("coco", "gen1")
+        or out["representation"] not in _GEN1_REPRESENTATIONS
+        or out["bins"] < 1
+    )
+    if bad:
+        raise SpikedetError(f"unknown input {spec}", "spikedet.input")
+    return out

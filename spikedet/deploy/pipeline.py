@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spikedet.convert.nir_format import graph_input
 from spikedet.errors import SpikedetError
 
 ENGINES = ("fixed", "lava", "both")
@@ -48,9 +49,10 @@ class DeployOptions:
     iou_thres: float | None = None  # None: the head type's default (NMS_IOU)
 
 
-def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int):
+def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int, metadata: dict):
     """The evaluation inputs as float (what the torch model saw) and integers (what the chip
-    gets): [N, C, H, W] frames for COCO, [T, N, C, H, W] event bins for Gen1."""
+    gets): [N, C, H, W] frames for COCO, [T, N, C, H, W] event bins for Gen1 in the
+    representation the model was trained on (graph metadata ``spikedet.input``)."""
     if opts.data is None:
         raise SpikedetError("deploy needs --data DIR to simulate and validate", "deploy")
     if opts.dataset not in ("coco", "gen1"):
@@ -63,7 +65,11 @@ def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int):
         from spikedet.train.data.gen1_dataset import Gen1DetectionSet
 
         # The graph's T is the number of event bins the model was trained with.
-        ds = Gen1DetectionSet(opts.data, opts.split, T=T, imgsz=imgsz, augment=False)
+        spec = graph_input(metadata)
+        ds = Gen1DetectionSet(
+            opts.data, opts.split, T=T, representation=spec["representation"], imgsz=imgsz,
+            bins=spec["bins"],
+        )  # fmt: skip
     if len(ds) == 0:
         raise SpikedetError(f"no samples in split {opts.split!r}", str(opts.data))
     x = np.stack([ds[i].image for i in range(len(ds))]).astype(np.float32)
@@ -183,7 +189,8 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     mapping = map_graph(qg, profile)
     log(f"[deploy] mapped onto {profile.name}: {mapping.cores} cores on {mapping.chips} chip(s)")
 
-    ds, x_float, x_int = _load_images(opts, int(fg.head["imgsz"]), fg.input_scale, qg.T)
+    imgsz = int(fg.head["imgsz"])
+    ds, x_float, x_int = _load_images(opts, imgsz, fg.input_scale, qg.T, fg.metadata)
     n_samples = x_int.shape[_batch_axis(x_int)]
     fixed = get_engine("fixed")
     fixed_res = _run_batched(fixed, qg, x_int, opts.batch)

@@ -17,6 +17,7 @@ from typing import Any
 
 from spikedet.errors import SpikedetError
 from spikedet.fileio import write_text
+from spikedet.train.data.events import REPRESENTATIONS
 
 GEN1_IMGSZ = 320
 DATASETS = ("coco", "gen1")
@@ -30,6 +31,8 @@ class TrainConfig:
     dataset: str = "coco"  # "coco" or "gen1"
     imgsz: int = 64
     time_steps: int = 5  # Gen1 only: T bins of the 250 ms window; the model's T follows it
+    representation: str = "polarity3"  # Gen1 only: polarity3, counts2 or histogram (events.py)
+    bins: int = 10  # Gen1 histogram only: sub-bins per time step (2 * bins input channels)
     epochs: int = 30
     batch: int = 32  # total over all processes (DDP: batch / world_size per process)
     optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.937, Nesterov)
@@ -97,6 +100,9 @@ def check_config(cfg: TrainConfig) -> None:
         (cfg.epochs >= 1 and cfg.batch >= 1 and cfg.val_every >= 1, "epochs, batch, val_every >= 1"),
         (cfg.imgsz >= 8 and cfg.time_steps >= 1, "imgsz >= 8 and time_steps >= 1"),
         (cfg.T is None or cfg.T >= 1, "T >= 1"),
+        (cfg.representation in REPRESENTATIONS, f"representation must be one of {', '.join(REPRESENTATIONS)}"),
+        (cfg.dataset == "gen1" or cfg.representation == "polarity3", "representation applies to gen1 data only"),
+        (cfg.bins >= 1, "bins >= 1"),
         (cfg.lr > 0 and 0 < cfg.lrf <= 1 and cfg.warmup_epochs >= 0, "lr > 0, 0 < lrf <= 1"),
         (0 <= cfg.ema_decay < 1 and cfg.ema_tau > 0, "0 <= ema_decay < 1 and ema_tau > 0"),
         (cfg.grad_clip > 0 and cfg.weight_decay >= 0, "grad_clip > 0 and weight_decay >= 0"),

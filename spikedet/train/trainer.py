@@ -50,6 +50,7 @@ from spikedet.train.config import (
     demo_config,
     save_config,
 )
+from spikedet.train.data.events import channels
 from spikedet.train.family import make_loss
 from spikedet.train.models.registry import build_model
 from spikedet.train.validation import evaluate_model, make_dataset, model_input
@@ -193,8 +194,12 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> dict
 
 
 def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
-    """Model config fields the data decide: image size and T (Gen1: the data's time steps)."""
-    return {"imgsz": cfg.imgsz, "T": cfg.time_steps if cfg.dataset == "gen1" else cfg.T}
+    """Model config fields the data decide: image size, T and input channels (Gen1: the data's
+    time steps and the channels of its representation)."""
+    if cfg.dataset != "gen1":
+        return {"imgsz": cfg.imgsz, "T": cfg.T}
+    in_channels = channels(cfg.representation, cfg.bins)
+    return {"imgsz": cfg.imgsz, "T": cfg.time_steps, "in_channels": in_channels}
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, where: str) -> None:
@@ -219,12 +224,11 @@ def _train(cfg: TrainConfig, progress: bool, resume: bool, ctx: ddp.DistContext)
     device = _device(cfg, ctx)
     torch.manual_seed(cfg.seed)
     args = (cfg.dataset, cfg.data)
+    events = dict(skip_bad=cfg.skip_bad, representation=cfg.representation, bins=cfg.bins)
     train_set = make_dataset(
-        *args, "train", cfg.imgsz, cfg.augment, cfg.seed, cfg.time_steps, skip_bad=cfg.skip_bad
+        *args, "train", cfg.imgsz, cfg.augment, cfg.seed, cfg.time_steps, **events
     )
-    val_set = make_dataset(
-        *args, "val", cfg.imgsz, False, cfg.seed, cfg.time_steps, skip_bad=cfg.skip_bad
-    )
+    val_set = make_dataset(*args, "val", cfg.imgsz, False, cfg.seed, cfg.time_steps, **events)
     if cfg.max_train_images is not None:
         train_set = _FirstImages(train_set, cfg.max_train_images)
     if len(train_set) == 0 or len(val_set) == 0:

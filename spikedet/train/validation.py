@@ -72,8 +72,11 @@ def make_dataset(
     seed: int,
     time_steps: int = 5,
     skip_bad: bool | None = None,
+    representation: str = "polarity3",
+    bins: int = 10,
 ) -> Any:
-    """``CocoDetectionSet.from_root`` or ``Gen1DetectionSet`` (T = ``time_steps``) of one split.
+    """``CocoDetectionSet.from_root`` or ``Gen1DetectionSet`` (T = ``time_steps`` bins of the
+    given ``representation``) of one split.
 
     ``skip_bad=None`` takes the enclosing ``skipping_bad_data`` setting (False outside one).
     """
@@ -89,8 +92,9 @@ def make_dataset(
         from spikedet.train.data.gen1_labels import CLASS_NAMES
 
         dataset = Gen1DetectionSet(
-            root, split, T=time_steps, imgsz=imgsz, augment=augment, seed=seed, skip_bad=skip_bad
-        )
+            root, split, T=time_steps, representation=representation, imgsz=imgsz,
+            augment=augment, seed=seed, bins=bins, skip_bad=skip_bad,
+        )  # fmt: skip
         dataset.names = list(CLASS_NAMES)
     else:
         raise SpikedetError(f"dataset must be coco or gen1, got {kind!r}", root)

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikedet.errors import SpikedetError
 from spikedet.train.neurons import ILIF
 
 
@@ -264,3 +265,20 @@ __all__ = [
     "spike_conv",
     "time_mean",
 ]
+
+
+def time_first(x: Tensor, T: int, in_channels: int, max_stride: int, where: str) -> Tensor:
+    """MS_GetT: ``[B, C, S, S]`` -> repeated T times; ``[T, B, C, S, S]`` is taken as is."""
+    if x.dim() == 4:
+        x = x.unsqueeze(0).expand(T, *x.shape).contiguous()
+    if x.dim() != 5 or x.shape[2] != in_channels:
+        raise SpikedetError(
+            f"input must be [B,{in_channels},S,S] or [T,B,{in_channels},S,S], got {list(x.shape)}",
+            where,
+        )
+    h, w = x.shape[-2:]
+    if h % max_stride or w % max_stride:
+        raise SpikedetError(
+            f"input size {h}x{w} is not a multiple of the max stride {max_stride}", where
+        )
+    return x

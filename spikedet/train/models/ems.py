@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikedet.errors import SpikedetError
-from spikedet.train.models.blocks import Builder, Current
+from spikedet.train.models.blocks import Builder, Current, time_first
 from spikedet.train.neurons import LIF
 
 V_TH = 0.5  # EMS LIF threshold; BN weights are initialised relative to it
@@ -232,7 +232,7 @@ class AnchorDetect(nn.Module):
 
 _CONFIG_KEYS = ("name", "nc", "T", "imgsz", "family", "stem", "widths", "extras", "anchors")
 # Keys a config may lack (checkpoints written before they existed): their defaults.
-_OPTIONAL_KEYS: dict[str, Any] = {"pool": "max"}
+_OPTIONAL_KEYS: dict[str, Any] = {"pool": "max", "in_channels": 3}
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "ems-res10": {"family": "ee", "stem": [32, 3], "extras": [0, 0, 0, 0]},
@@ -293,7 +293,9 @@ class EMSYOLO(nn.Module):
         self.nc: int = cfg["nc"]
         self.T: int = cfg["T"]
         self.imgsz: int = cfg["imgsz"]
-        self.in_channels = 3
+        self.in_channels: int = cfg[
+            "in_channels"
+        ]  # 3 (images, polarity3); Gen1 counts: 2 or 2*bins
         self.strides = list(STRIDES)
         self.names: list[str] = [f"class{i}" for i in range(self.nc)]  # configs hold no names
         half = cfg["family"] == "ee"
@@ -301,7 +303,7 @@ class EMSYOLO(nn.Module):
         c0, k0 = cfg["stem"]
         w2, w3, w4, w5 = cfg["widths"]
         # Encoding layer: real-valued image -> conv/2 + BN, no LIF (counts as MACs).
-        self.stem = EMSConvBN(3, c0, k0, 2)
+        self.stem = EMSConvBN(self.in_channels, c0, k0, 2)
         stages: list[nn.Sequential] = []
         cin = c0
         for i, (width, n_extra) in enumerate(zip(cfg["widths"], cfg["extras"])):
@@ -325,21 +327,8 @@ class EMSYOLO(nn.Module):
         self.p4_out: nn.Module = BasicBlock(cat, w4, 3, 1, half=True) if half else LCB(cat, w4, 3)
         self.detect = AnchorDetect([w4, w5], self.nc, cfg["anchors"])
 
-    def _time_first(self, x: Tensor) -> Tensor:
-        if x.dim() == 4:
-            x = x.unsqueeze(0).expand(self.T, *x.shape).contiguous()
-        if x.dim() != 5 or x.shape[2] != 3:
-            raise SpikedetError(
-                f"input must be [B,3,S,S] or [T,B,3,S,S], got {list(x.shape)}", self.name
-            )
-        if x.shape[-1] % 32 or x.shape[-2] % 32:
-            raise SpikedetError(
-                f"input size {tuple(x.shape[-2:])} is not a multiple of 32", self.name
-            )
-        return x
-
     def forward(self, x: Tensor) -> list[Tensor]:
-        y = self.stem(self._time_first(x))
+        y = self.stem(time_first(x, self.T, self.in_channels, 32, self.name))
         feats = []
         for stage in self.stages:
             y = stage(y)
@@ -413,11 +402,12 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
             "extras": [int(v) for v in config["extras"]],
             "anchors": [[[float(v) for v in wh] for wh in scale] for scale in config["anchors"]],
             "pool": str(config.get("pool", _OPTIONAL_KEYS["pool"])),
+            "in_channels": int(config.get("in_channels", _OPTIONAL_KEYS["in_channels"])),
         }
     except (TypeError, ValueError) as err:
         raise SpikedetError(f"bad value type: {err}", where) from err
     checks = [
-        (cfg["nc"] >= 1 and cfg["T"] >= 1, "nc and T must be >= 1"),
+        (min(cfg["nc"], cfg["T"], cfg["in_channels"]) >= 1, "nc, T and in_channels must be >= 1"),
         (cfg["family"] in ("ee", "full"), "family must be 'ee' or 'full'"),
         (len(cfg["stem"]) == 2 and cfg["stem"][1] % 2 == 1, "stem is [channels, odd kernel]"),
         (len(cfg["widths"]) == 4 and len(cfg["extras"]) == 4, "4 widths and 4 extras needed"),

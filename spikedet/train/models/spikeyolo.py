@@ -33,6 +33,7 @@ from spikedet.train.models.blocks import (
     MSAllConvBlock,
     MSDownSampling,
     SpikeConv,
+    time_first,
     time_mean,
 )
 from spikedet.train.models.yolo_blocks import (
@@ -89,23 +90,6 @@ def init_head_bias(head: nn.ModuleList, strides: list[int], imgsz: int, nc: int)
             scale_head.box.pred.cb.conv.bias.fill_(1.0)
             cells = (imgsz / stride) ** 2
             scale_head.cls.pred.cb.conv.bias.fill_(math.log(5.0 / nc / cells))
-
-
-def time_first(x: Tensor, T: int, in_channels: int, max_stride: int, where: str) -> Tensor:
-    """MS_GetT: ``[B, C, S, S]`` -> repeated T times; ``[T, B, C, S, S]`` is taken as is."""
-    if x.dim() == 4:
-        x = x.unsqueeze(0).expand(T, *x.shape).contiguous()
-    if x.dim() != 5 or x.shape[2] != in_channels:
-        raise SpikedetError(
-            f"input must be [B,{in_channels},S,S] or [T,B,{in_channels},S,S], got {list(x.shape)}",
-            where,
-        )
-    h, w = x.shape[-2:]
-    if h % max_stride or w % max_stride:
-        raise SpikedetError(
-            f"input size {h}x{w} is not a multiple of the max stride {max_stride}", where
-        )
-    return x
 
 
 class SpikeYOLO(nn.Module):
