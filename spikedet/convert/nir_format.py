@@ -17,6 +17,7 @@ import nir
 import numpy as np
 
 from spikedet.errors import SpikedetError
+from spikedet.train.data.events import REPRESENTATIONS  # numpy only, like this module
 
 FORMAT_VERSION = 2  # what the exporter writes
 FORMATS = (1, 2)  # spikedet.format versions readers accept
@@ -106,9 +107,6 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(arr[0]), int(arr[0])) if arr.size == 1 else (int(arr[0]), int(arr[1]))
 
 
-_GEN1_REPRESENTATIONS = ("polarity3", "counts2", "histogram")  # train.data.events (torch-free)
-
-
 def input_encoding(train_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the graph's input is, from a checkpoint's ``train_config`` (metadata
     ``spikedet.input``): ``dataset`` (coco or gen1), the Gen1 ``representation`` and ``bins``,
@@ -138,7 +136,7 @@ def graph_input(metadata: dict[str, Any]) -> dict[str, Any]:
     out = input_encoding(spec)
     bad = (
         out["dataset"] not in ("coco", "gen1")
-        or out["representation"] not in _GEN1_REPRESENTATIONS
+        or out["representation"] not in REPRESENTATIONS
         or out["bins"] < 1
     )
     if bad:

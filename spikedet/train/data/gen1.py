@@ -222,8 +222,9 @@ def read_dat_body(
     One pass over the file in chunks of ``chunk_events`` records read into one reused buffer, so
     each chunk is decoded and checked while it is in cache (full-array passes are memory-bound).
     ``_datdecode.decode`` does a chunk in one C loop; when it found a bad record, or when it
-    was not built, the numpy passes below do the chunk and raise or warn. Per chunk, viewing the buffer as uint64 at byte offsets 0 and 4 and casting to uint32 gives
-    the t and w columns in one contiguous pass each. Checks: t[i] >= t[i-1] (across chunks too),
+    was not built, the numpy passes below do the chunk and raise or warn. Per chunk, viewing
+    the buffer as uint64 at byte offsets 0 and 4 and casting to uint32 gives the t and w
+    columns in one contiguous pass each. Checks: t[i] >= t[i-1] (across chunks too),
     ``w & 0xE0003FFF < width`` (x inside and bits 29-31 clear, so p = w >> 28 is 0 or 1) and
     ``(w << 2) & 0x3FFF0000 < height << 16`` (y inside). Output rows are written as uint32 words
     ``[t, 0, x | y << 16, p]``: EVENT_DTYPE's little-endian layout, its 3 padding bytes zero.
