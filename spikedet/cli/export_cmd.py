@@ -79,7 +79,7 @@ def export_checkpoint(
     from spikedet.convert.nir_export import export_model, parameter_coverage, write_nir
     from spikedet.convert.onnx_export import check_onnx, export_onnx
     from spikedet.fileio import atomic_path
-    from spikedet.train.checkpoint import load_checkpoint, load_model
+    from spikedet.train.checkpoint import load_checkpoint, model_from_state
     from spikedet.train.models.yolo_blocks import reparameterize
 
     out = Path(out)
@@ -89,10 +89,11 @@ def export_checkpoint(
         raise SpikedetError(f"tolerance must be >= 0, got {onnx_tol}", "--onnx-tol")
     if onnx_path is not None and Path(onnx_path).resolve() == out.resolve():
         raise SpikedetError("the ONNX and NIR outputs are the same file", str(out))
-    model = load_model(weights)
+    state = load_checkpoint(weights)
+    model = model_from_state(state, weights)
     _check_size(model, imgsz)
     fused = reparameterize(model)  # exact in eval mode; 0 for models without RepSpikeConv
-    train_config = load_checkpoint(weights).get("train_config")
+    train_config = state.get("train_config")
     data = train_config if isinstance(train_config, dict) else None
     graph = export_model(model, imgsz, data)  # data: the input encoding deploy must feed
     coverage = parameter_coverage(model, graph)

@@ -142,8 +142,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     import torch
 
+    from spikedet.convert.nir_format import input_encoding
     from spikedet.errors import SpikedetError
-    from spikedet.train.checkpoint import load_checkpoint, load_model
+    from spikedet.train.checkpoint import load_checkpoint, model_from_state
     from spikedet.train.validation import evaluate_model, make_dataset, skipped_summary
 
     if args.batch < 1:
@@ -151,16 +152,15 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SpikedetError("device cuda requested but CUDA is not available", "eval")
     state = load_checkpoint(args.weights)
-    model = load_model(args.weights)
+    model = model_from_state(state, args.weights)
     stored = state.get("train_config") if isinstance(state.get("train_config"), dict) else {}
     kind = args.dataset or str(stored.get("dataset", "coco"))
     cfg = state["config"]
-    # Gen1: the representation the model was trained on (older checkpoints: polarity3)
-    representation = str(stored.get("representation", "polarity3"))
+    inputs = input_encoding(stored)  # Gen1: the representation it was trained on
     dataset = make_dataset(
         kind, str(args.data), args.split, int(cfg["imgsz"]), False, 0, int(cfg["T"]),
-        skip_bad=bool(args.skip_bad), representation=representation,
-        bins=int(stored.get("bins", 10)),
+        skip_bad=bool(args.skip_bad), representation=inputs["representation"],
+        bins=inputs["bins"],
     )  # fmt: skip
     if len(dataset) == 0:
         raise SpikedetError(f"split '{args.split}' is empty", str(args.data))

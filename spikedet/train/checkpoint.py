@@ -118,7 +118,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike) -> SpikeYOLO | SpikeYOLOv8 | nn.Module:
     """Rebuild the model from the stored config and load its EMA weights (or raw ones), in eval."""
-    state = load_checkpoint(path)
+    return model_from_state(load_checkpoint(path), path)
+
+
+def model_from_state(
+    state: dict[str, Any], path: str | os.PathLike
+) -> SpikeYOLO | SpikeYOLOv8 | nn.Module:
+    """``load_model`` for a checkpoint already read by ``load_checkpoint`` (from ``path``)."""
     try:
         model = build_from_config(state["config"])
     except SpikedetError as err:

@@ -224,11 +224,11 @@ def _train(cfg: TrainConfig, progress: bool, resume: bool, ctx: ddp.DistContext)
     device = _device(cfg, ctx)
     torch.manual_seed(cfg.seed)
     args = (cfg.dataset, cfg.data)
-    events = dict(skip_bad=cfg.skip_bad, representation=cfg.representation, bins=cfg.bins)
+    data_opts = dict(skip_bad=cfg.skip_bad, representation=cfg.representation, bins=cfg.bins)
     train_set = make_dataset(
-        *args, "train", cfg.imgsz, cfg.augment, cfg.seed, cfg.time_steps, **events
+        *args, "train", cfg.imgsz, cfg.augment, cfg.seed, cfg.time_steps, **data_opts
     )
-    val_set = make_dataset(*args, "val", cfg.imgsz, False, cfg.seed, cfg.time_steps, **events)
+    val_set = make_dataset(*args, "val", cfg.imgsz, False, cfg.seed, cfg.time_steps, **data_opts)
     if cfg.max_train_images is not None:
         train_set = _FirstImages(train_set, cfg.max_train_images)
     if len(train_set) == 0 or len(val_set) == 0:

@@ -293,9 +293,8 @@ class EMSYOLO(nn.Module):
         self.nc: int = cfg["nc"]
         self.T: int = cfg["T"]
         self.imgsz: int = cfg["imgsz"]
-        self.in_channels: int = cfg[
-            "in_channels"
-        ]  # 3 (images, polarity3); Gen1 counts: 2 or 2*bins
+        # 3 (images, Gen1 polarity3); Gen1 counts2: 2, histogram: 2 * bins
+        self.in_channels: int = cfg["in_channels"]
         self.strides = list(STRIDES)
         self.names: list[str] = [f"class{i}" for i in range(self.nc)]  # configs hold no names
         half = cfg["family"] == "ee"
