@@ -29,7 +29,7 @@ help:
 setup: setup-core setup-lava
 
 setup-core: $(STAMP)
-$(STAMP): pyproject.toml setup.py spikedet/train/data/_datdecode.c
+$(STAMP): pyproject.toml setup.py spikedet/data/_datdecode.c
 	@test -n "$(PYTHON311)" || { echo "spikedet setup: no Python >= 3.11 found; install one (e.g. 'pyenv install 3.11')" >&2; exit 2; }
 	@test -x $(PY) || $(PYTHON311) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23.2" "setuptools>=68" wheel
@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml setup.py spikedet/train/data/_datdecode.c
 	@touch $(STAMP)
 
 setup-lava: $(LAVA_STAMP)
-$(LAVA_STAMP): pyproject.toml setup.py spikedet/train/data/_datdecode.c
+$(LAVA_STAMP): pyproject.toml setup.py spikedet/data/_datdecode.c
 	@if [ -z "$(PYTHON310)" ]; then \
 	  echo "spikedet setup: Python 3.10 not found, so the Lava environment ($(LAVA_VENV)) was not created." >&2; \
 	  echo "  Install it with 'pyenv install 3.10.13' (or apt/deadsnakes python3.10 python3.10-venv) and re-run 'make setup'," >&2; \

@@ -10,8 +10,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "spikedet.train.data._datdecode",
-            ["spikedet/train/data/_datdecode.c"],
+            "spikedet.data._datdecode",
+            ["spikedet/data/_datdecode.c"],
             extra_compile_args=["-O3"],
             optional=True,
         )

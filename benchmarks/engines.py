@@ -22,8 +22,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spikedet.sim.engine import compare  # noqa: E402
 from spikedet.sim.fixed import FixedEngine  # noqa: E402
+from spikedet.sim.interface import compare  # noqa: E402
 from spikedet.sim.lava_engine import LavaEngine  # noqa: E402
 from spikedet.sim.qgraph import QInput, QPopulation, QSynapse, QuantGraph  # noqa: E402
 
@@ -52,7 +52,7 @@ def pico_graph() -> QuantGraph:
     import torch
 
     from spikedet.convert.nir_export import export_model, write_nir
-    from spikedet.deploy.nir_graph import read_nir
+    from spikedet.deploy.nir_read import read_nir
     from spikedet.deploy.quantize import quantize
     from spikedet.train.models.registry import build_model
 

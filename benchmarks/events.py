@@ -28,16 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from spikedet.train.data import gen1
-from spikedet.train.data.events import REPRESENTATIONS, events_to_tensor
-from spikedet.train.data.gen1 import (
+from spikedet.data import gen1
+from spikedet.data.events import REPRESENTATIONS, events_to_tensor
+from spikedet.data.gen1 import (
     CHUNK_EVENTS,
     DatFile,
     read_dat,
     read_dat_body,
     read_dat_header,
 )
-from spikedet.train.data.synth_gen1 import write_dat
+from spikedet.data.synth_gen1 import write_dat
 
 HEADER = ["Data file containing Event2D events", "Version 2", "Date 2017-04-06 09:57:37",
           "Height 240", "Width 304"]  # fmt: skip

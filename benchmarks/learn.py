@@ -117,11 +117,11 @@ def ensure_data(spec: DataSpec, root: Path) -> tuple[Path, float]:
         return path, 0.0
     t0 = time.perf_counter()
     if spec.kind == "coco":
-        from spikedet.train.data.synth_coco import write_synthetic_coco
+        from spikedet.data.synth_coco import write_synthetic_coco
 
         write_synthetic_coco(path, spec.n_train, spec.n_val, spec.imgsz, spec.seed)
     else:
-        from spikedet.train.data.synth_gen1 import write_synthetic_gen1
+        from spikedet.data.synth_gen1 import write_synthetic_gen1
 
         write_synthetic_gen1(path, spec.n_train, spec.n_val, 0, spec.seconds, spec.seed)
     write_text(marker, "ok\n")

@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spikedet.deploy.mapping import Mapping, map_graph  # noqa: E402
+from spikedet.deploy.mapping.mapper import Mapping, map_graph  # noqa: E402
 from spikedet.deploy.profiles import resolve_target  # noqa: E402
 from spikedet.deploy.quantize import assign_depths  # noqa: E402
 from spikedet.fileio import write_json  # noqa: E402
@@ -204,14 +204,14 @@ def summary(mapping: Mapping) -> dict:
 
 
 def run_nir(path: Path, target: str, search: bool = True) -> dict:
-    from spikedet.deploy.nir_graph import read_nir
+    from spikedet.deploy.nir_read import read_nir
     from spikedet.deploy.quantize import quantize
 
     profile = resolve_target(target)
     t0, c0 = time.perf_counter(), time.process_time()
     fg = read_nir(path)
     t1 = time.perf_counter()
-    # Delays beyond the profile's delay_bits are relayed by the mapper (mapping_delays), so the
+    # Delays beyond the profile's delay_bits are relayed by the mapper (delays), so the
     # quantizer is not asked to refuse them (spikeyolo-m/l need 64 steps, Loihi 2 has 63).
     qg = quantize(fg, weight_bits=profile.weight_bits, state_bits=profile.state_bits,
                   max_delay=1 << 30)  # fmt: skip

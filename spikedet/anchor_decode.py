@@ -1,7 +1,7 @@
 """Decoding the anchor-based (EMS-YOLO / YOLOv5-style) detection head, in numpy only.
 
 Used by training (validation) and by the deploy side, which has no torch; works with numpy 1.26
-and 2.x. Head format (reference detectors.md §4.1): per level l with stride s_l and na anchors
+and 2.x. Head format (BICLab/EMS-YOLO @ fbfc2ca, ``models/yolo.py`` ``Detect``): per level l with stride s_l and na anchors
 (w, h in input pixels) a map [B, na·(nc+5), H, W]; channel ``a·(nc+5) + k`` holds, for anchor a,
 k = 0..3 the box logits (tx, ty, tw, th), k = 4 the objectness logit, k = 5.. the class logits.
 With σ the logistic function and (x, y) the integer cell index:

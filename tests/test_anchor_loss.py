@@ -279,7 +279,7 @@ def _learn_benchmark():
 def _synthetic_coco_sizes(spec, imgsz: int) -> np.ndarray:
     """Box sizes of the synthetic COCO train split (as write_synthetic_coco draws them),
     letterboxed to ``imgsz`` (square images: a pure scale)."""
-    from spikedet.train.data.synth_coco import render_image
+    from spikedet.data.synth_coco import render_image
 
     sizes = []
     for index in range(spec.n_train):
@@ -292,9 +292,9 @@ def _synthetic_gen1_sizes(spec, imgsz: int) -> np.ndarray:
     """Box sizes of the synthetic Gen1 train split as ``Gen1DetectionSet`` yields them (last
     row per track, clipped to the frame, letterboxed to ``imgsz``), without simulating events:
     write_synthetic_gen1 draws the stem, objects and labels before the events."""
-    from spikedet.train.data.coco import letterbox_geometry
-    from spikedet.train.data.gen1_dataset import clip_boxes, last_per_track
-    from spikedet.train.data.synth_gen1 import _make_objects, _stem, make_labels
+    from spikedet.data.coco import letterbox_geometry
+    from spikedet.data.gen1_dataset import clip_boxes, last_per_track
+    from spikedet.data.synth_gen1 import _make_objects, _stem, make_labels
 
     ratio = letterbox_geometry(240, 304, imgsz)[0]
     sizes = []

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spikedet.errors import SpikedetError
-from spikedet.train.data.coco import (
+from spikedet.data.coco import (
     CocoDetectionSet,
     hflip,
     letterbox,
     scale_jitter,
     to_original,
 )
-from spikedet.train.data.synth_coco import write_synthetic_coco
+from spikedet.data.synth_coco import write_synthetic_coco
+from spikedet.errors import SpikedetError
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_synthetic_json_is_coco(synth: Path) -> None:
 def test_synthetic_boxes_are_tight(monkeypatch) -> None:
     """Black background, object k filled with grey level 60 + 60·k: each box must be exactly the
     box of the pixels still showing object k (later shapes cover earlier ones)."""
-    from spikedet.train.data import synth_coco
+    from spikedet.data import synth_coco
 
     drawn_so_far: list[int] = []
 
@@ -295,7 +295,7 @@ def test_missing_files_and_truncated_image(tmp_path: Path, synth: Path) -> None:
 def test_loader_collate_and_seeded_order(synth: Path) -> None:
     import torch
 
-    from spikedet.train.data.loader import collate, make_loader
+    from spikedet.data.loader import collate, make_loader
 
     ds = CocoDetectionSet.from_root(synth, "train", imgsz=64, augment=True, seed=3)
     images, targets, metas = collate([ds[0], ds[1], ds[2]])

@@ -35,7 +35,7 @@ def test_shards_cover_the_epoch_order_disjointly():
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun script missing from the venv")
 def test_torchrun_gloo_two_ranks(tmp_path):
-    from spikedet.train.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_coco import write_synthetic_coco
 
     data, out = tmp_path / "data", tmp_path / "run"
     write_synthetic_coco(data, n_train=16, n_val=8, imgsz=64, seed=3)

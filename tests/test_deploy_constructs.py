@@ -12,11 +12,12 @@ import nir
 import numpy as np
 import pytest
 
-from spikedet.deploy.nir_graph import FloatGraph, from_nir, read_nir
+from spikedet.deploy.nir_graph import FloatGraph
+from spikedet.deploy.nir_read import from_nir, read_nir
 from spikedet.deploy.quantize import lif_theta, quantize
 from spikedet.errors import SpikedetError
-from spikedet.sim.engine import compare
 from spikedet.sim.fixed import FixedEngine
+from spikedet.sim.interface import compare
 from spikedet.sim.qgraph import QuantGraph
 from tests.test_nir_graph import DT, conv, feed, ilif
 

@@ -19,12 +19,13 @@ import pytest
 pytest.importorskip("torch")
 
 from spikedet.cli.main import main  # noqa: E402
-from spikedet.deploy.nir_graph import FloatGraph, check_head, read_nir  # noqa: E402
+from spikedet.deploy.nir_graph import FloatGraph  # noqa: E402
+from spikedet.deploy.nir_read import check_head, read_nir
 from spikedet.deploy.pipeline import decode_head  # noqa: E402
 from spikedet.deploy.quantize import quantize  # noqa: E402
 from spikedet.errors import SpikedetError  # noqa: E402
-from spikedet.sim.engine import compare, readout_floats  # noqa: E402
 from spikedet.sim.fixed import FixedEngine  # noqa: E402
+from spikedet.sim.interface import compare, readout_floats  # noqa: E402
 from spikedet.sim.reference import ReferenceEngine, agreement  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory) -> Path:
-    from spikedet.train.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_coco import write_synthetic_coco
 
     root = tmp_path_factory.mktemp("coco")
     write_synthetic_coco(root, n_train=0, n_val=2, imgsz=64, seed=3)

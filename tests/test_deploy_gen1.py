@@ -10,7 +10,7 @@ import torch
 
 from spikedet.cli.main import main
 from spikedet.convert.nir_export import export_model, write_nir
-from spikedet.train.data.synth_gen1 import write_synthetic_gen1
+from spikedet.data.synth_gen1 import write_synthetic_gen1
 from spikedet.train.models.registry import build_model
 
 

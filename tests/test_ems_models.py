@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from spikedet.errors import SpikedetError
-from spikedet.train.models.ems import (
-    EMS_MODEL_NAMES,
-    BasicBlock,
-    ConcatBlock,
-    EMSConvBN,
-    build_ems,
-    ems_config,
-)
+from spikedet.train.models.ems import EMS_MODEL_NAMES, build_ems, ems_config
+from spikedet.train.models.ems_blocks import BasicBlock, ConcatBlock, EMSConvBN
 from spikedet.train.neurons import LIF
 
 

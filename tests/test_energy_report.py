@@ -12,7 +12,7 @@ import pytest
 
 from spikedet.cli.main import main
 from spikedet.deploy.energy import count_activity, energy_report
-from spikedet.deploy.mapping import map_graph
+from spikedet.deploy.mapping.mapper import map_graph
 from spikedet.deploy.profiles import load_profile
 from spikedet.deploy.report import PLOTS, jsonable, load_report, summary_table, write_report
 from spikedet.errors import SpikedetError

@@ -16,8 +16,8 @@ def test_deploy_and_sim_import_without_torch_in_lava_env(lava_python: Path) -> N
     code = (
         "import sys, spikedet.deploy, spikedet.sim, spikedet.sim.qgraph;"
         "import spikedet.deploy.profiles, spikedet.deploy.nir_graph, spikedet.deploy.quantize;"
-        "import spikedet.deploy.mapping, spikedet.deploy.energy, spikedet.deploy.report;"
-        "import spikedet.sim.fixed, spikedet.sim.engine, spikedet.sim.lava_engine;"
+        "import spikedet.deploy.mapping.mapper, spikedet.deploy.energy, spikedet.deploy.report;"
+        "import spikedet.sim.fixed, spikedet.sim.interface, spikedet.sim.registry, spikedet.sim.lava_engine;"
         "import numpy; assert numpy.__version__.startswith('1.'), numpy.__version__;"
         "assert sys.version_info[:2] == (3, 10), sys.version;"
         "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')"
@@ -30,7 +30,7 @@ def test_deploy_and_sim_import_without_torch_in_lava_env(lava_python: Path) -> N
 def test_hardware_side_imports_without_torch_in_core_env() -> None:
     code = (
         "import sys, spikedet.deploy.pipeline, spikedet.sim.fixed, spikedet.sim.reference,"
-        " spikedet.sim.lava_engine, spikedet.detection, spikedet.train.evaluate;"
+        " spikedet.sim.lava_engine, spikedet.detection, spikedet.metrics.coco_map;"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -91,4 +91,4 @@ def test_wheel_ships_hardware_profiles(tmp_path: Path) -> None:
         assert f"spikedet/hardware_profiles/{profile}" in names
     assert "spikedet/sim/lava_worker.py" in names
     # the compiled .dat decoder (setup.py), so a pip-installed reader is as fast as ours
-    assert any(n.startswith("spikedet/train/data/_datdecode") and n.endswith(".so") for n in names)
+    assert any(n.startswith("spikedet/data/_datdecode") and n.endswith(".so") for n in names)

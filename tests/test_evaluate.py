@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spikedet.data.coco import CocoDetectionSet
+from spikedet.data.synth_coco import write_synthetic_coco
 from spikedet.errors import SpikedetError
-from spikedet.train.data.coco import CocoDetectionSet
-from spikedet.train.data.synth_coco import write_synthetic_coco
-from spikedet.train.evaluate import (
+from spikedet.metrics.coco_map import (
     METRIC_KEYS,
     coco_map,
     evaluate,

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from spikedet.errors import SpikedetError
-from spikedet.sim.engine import EngineResult, compare, get_engine, readout_floats
 from spikedet.sim.fixed import FixedEngine, conv_int
+from spikedet.sim.interface import EngineResult, compare, readout_floats
 from spikedet.sim.qgraph import QInput, QPopulation, QSynapse, QuantGraph
 from spikedet.sim.randgraph import random_input, random_qgraph
+from spikedet.sim.registry import get_engine
 
 LIMIT = (1 << 23) - 1
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spikedet.data.coco import to_original
+from spikedet.data.events import events_to_tensor
+from spikedet.data.gen1 import EVENT_DTYPE, read_dat
+from spikedet.data.gen1_dataset import Gen1DetectionSet, last_per_track
+from spikedet.data.gen1_labels import BBOX_DTYPE, find_recordings, read_bbox
+from spikedet.data.synth_gen1 import write_bbox, write_synthetic_gen1
 from spikedet.errors import SpikedetError
-from spikedet.train.data.coco import to_original
-from spikedet.train.data.events import events_to_tensor
-from spikedet.train.data.gen1 import EVENT_DTYPE, read_dat
-from spikedet.train.data.gen1_dataset import Gen1DetectionSet, last_per_track
-from spikedet.train.data.gen1_labels import BBOX_DTYPE, find_recordings, read_bbox
-from spikedet.train.data.synth_gen1 import write_bbox, write_synthetic_gen1
 
 
 def random_events(n: int, seed: int, h: int, w: int, t_max: int) -> np.ndarray:

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spikedet.data.gen1_dataset import Gen1DetectionSet
+from spikedet.data.gen1_labels import BBOX_DTYPE, BBOX_DTYPE_ORIGINAL, read_bbox
+from spikedet.data.synth_gen1 import write_synthetic_gen1
 from spikedet.errors import SpikedetError
-from spikedet.train.data.gen1_dataset import Gen1DetectionSet
-from spikedet.train.data.gen1_labels import BBOX_DTYPE, BBOX_DTYPE_ORIGINAL, read_bbox
-from spikedet.train.data.synth_gen1 import write_synthetic_gen1
-from spikedet.train.gen1_eval import collect_detections, evaluate_gen1, filter_boxes
+from spikedet.metrics.gen1_protocol import collect_detections, evaluate_gen1, filter_boxes
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from spikedet.cli.main import main
-from spikedet.errors import SpikedetError
-from spikedet.train.data.gen1 import EVENT_DTYPE, DatFile, read_dat, read_dat_header
-from spikedet.train.data.gen1_labels import BBOX_DTYPE, find_recordings, read_bbox
-from spikedet.train.data.synth_gen1 import (
+from spikedet.data.gen1 import EVENT_DTYPE, DatFile, read_dat, read_dat_header
+from spikedet.data.gen1_labels import BBOX_DTYPE, find_recordings, read_bbox
+from spikedet.data.synth_gen1 import (
     _make_objects,
     simulate_events,
     write_bbox,
     write_dat,
     write_synthetic_gen1,
 )
+from spikedet.errors import SpikedetError
 
 GEN1_HEADER = ["Data file containing Event2D events", "Version 2", "Date 2017-04-06 09:57:37",
                "Height 240", "Width 304"]  # fmt: skip

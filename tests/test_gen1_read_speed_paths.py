@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikedet.errors import SpikedetError
-from spikedet.train.data import gen1
-from spikedet.train.data.gen1 import (
+from spikedet.data import gen1
+from spikedet.data.gen1 import (
     CHUNK_EVENTS,
     EVENT_DTYPE,
     read_dat,
     read_dat_body,
     read_dat_header,
 )
-from spikedet.train.data.synth_gen1 import write_dat
+from spikedet.data.synth_gen1 import write_dat
+from spikedet.errors import SpikedetError
 
 HEADER = ["Data file containing Event2D events", "Version 2", "Height 240", "Width 304"]
 CHUNKS = (1, 2, 7, 64, 1000)  # 1000 > the 300-event files: a single short chunk
@@ -33,15 +33,15 @@ def decoder(request, monkeypatch):
 
 
 def test_the_c_decoder_is_built() -> None:
-    """``make setup`` builds spikedet.train.data._datdecode (setup.py); without it reads fall
+    """``make setup`` builds spikedet.data._datdecode (setup.py); without it reads fall
     back to numpy silently, so the project's own environments must have it."""
-    from spikedet.train.data import _datdecode
+    from spikedet.data import _datdecode
 
     assert callable(_datdecode.decode)
 
 
 def test_c_decoder_rejects_mismatched_buffers() -> None:
-    from spikedet.train.data import _datdecode
+    from spikedet.data import _datdecode
 
     with pytest.raises(ValueError):
         _datdecode.decode(np.zeros(16, np.uint8), np.zeros(16, np.uint8), 304, 240, -1, False)

@@ -13,9 +13,9 @@ import torch
 from spikedet.cli.main import main
 from spikedet.convert.nir_export import export_model
 from spikedet.convert.nir_format import graph_input, input_encoding
+from spikedet.data.synth_gen1 import write_synthetic_gen1
 from spikedet.errors import SpikedetError
 from spikedet.train.config import resolve_config
-from spikedet.train.data.synth_gen1 import write_synthetic_gen1
 from spikedet.train.models.registry import build_model
 
 

@@ -39,8 +39,8 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     """Two checkpoints that differ (seed 0 / seed 1 weights) and a small COCO root."""
     import torch
 
+    from spikedet.data.synth_coco import write_synthetic_coco
     from spikedet.train.checkpoint import save_checkpoint
-    from spikedet.train.data.synth_coco import write_synthetic_coco
     from spikedet.train.models.registry import build_model
 
     root = tmp_path_factory.mktemp("interrupted")

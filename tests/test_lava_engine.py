@@ -198,8 +198,8 @@ def test_residual_graph_matches_numpy_and_fixed(lava_python):
 
 @pytest.mark.parametrize("seed", [3, 8])
 def test_random_graphs_match_fixed(lava_python, seed):
-    from spikedet.sim.engine import compare
     from spikedet.sim.fixed import FixedEngine
+    from spikedet.sim.interface import compare
     from spikedet.sim.randgraph import random_input, random_qgraph
 
     rng = np.random.default_rng(seed)
@@ -216,8 +216,8 @@ def test_random_graphs_match_fixed(lava_python, seed):
 @pytest.mark.parametrize("seed", [1, 2, 5, 8])
 def test_random_construct_graphs_match_fixed(lava_python, seed: int) -> None:
     """LIF, maxpool (chained), out_offset and upsample synapses (randgraph constructs=True)."""
-    from spikedet.sim.engine import compare
     from spikedet.sim.fixed import FixedEngine
+    from spikedet.sim.interface import compare
     from spikedet.sim.randgraph import random_input, random_qgraph
 
     rng = np.random.default_rng(seed)
@@ -357,7 +357,7 @@ def test_unavailable_lava(monkeypatch):
 
 
 def test_lava_graph_checks_for_constructs() -> None:
-    from spikedet.deploy.nir_graph import from_nir
+    from spikedet.deploy.nir_read import from_nir
     from spikedet.deploy.quantize import quantize
     from tests.test_deploy_constructs import construct_net, make_graph
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from spikedet.deploy.mapping import destination_cores, map_graph
+from spikedet.deploy.mapping.mapper import destination_cores, map_graph
 from spikedet.deploy.profiles import HardwareProfile, load_profile, parse_profile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QInput, QPopulation, QSynapse, QuantGraph
@@ -349,8 +349,8 @@ def conv_sum_check(qg: QuantGraph, lm) -> None:
     ],
 )
 def test_grouping_search_equals_brute_force_over_candidates(graph, layer, limits) -> None:
-    from spikedet.deploy.mapping_geometry import hardware_view
-    from spikedet.deploy.mapping_split import analyse_split, class_groups, multipliers
+    from spikedet.deploy.mapping.geometry import hardware_view
+    from spikedet.deploy.mapping.splits import analyse_split, class_groups, multipliers
 
     qg, prof = graph(), make_profile(**limits)
     split = analyse_split(qg, hardware_view(qg), layer, prof)
@@ -377,8 +377,8 @@ def test_grouping_search_equals_brute_force_over_candidates(graph, layer, limits
 
 
 def test_grouping_search_beats_fewest_groups_and_figures_stay_exact() -> None:
-    from spikedet.deploy.mapping import hardware_graph
-    from spikedet.deploy.mapping_figures import grid_figures
+    from spikedet.deploy.mapping.mapper import hardware_graph
+    from spikedet.deploy.mapping.tiles import grid_figures
 
     qg, prof = two_class_graph(), make_profile(fan_in_axons=64)
     m, base = map_graph(qg, prof), map_graph(qg, prof, search=False)
@@ -423,7 +423,7 @@ def test_optional_split_of_a_layer_that_fits() -> None:
 
 
 def test_unique_rows_matches_numpy() -> None:
-    from spikedet.deploy.mapping_figures import unique_rows
+    from spikedet.deploy.mapping.tiles import unique_rows
 
     rng = np.random.default_rng(0)
     for _ in range(50):

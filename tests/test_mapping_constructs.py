@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from spikedet.deploy.energy import count_activity, energy_report
-from spikedet.deploy.mapping import map_graph
+from spikedet.deploy.mapping.mapper import map_graph
 from spikedet.deploy.profiles import load_profile
 from spikedet.deploy.quantize import assign_depths
 from spikedet.errors import SpikedetError

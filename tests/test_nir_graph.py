@@ -9,11 +9,12 @@ import nir
 import numpy as np
 import pytest
 
-from spikedet.deploy.nir_graph import FloatGraph, FPopulation, FSynapse, from_nir, read_nir
+from spikedet.deploy.nir_graph import FloatGraph, FPopulation, FSynapse
+from spikedet.deploy.nir_read import from_nir, read_nir
 from spikedet.deploy.quantize import quantize
 from spikedet.errors import SpikedetError
-from spikedet.sim.engine import EngineResult, compare
 from spikedet.sim.fixed import FixedEngine
+from spikedet.sim.interface import EngineResult, compare
 from spikedet.sim.qgraph import QuantGraph
 from spikedet.sim.reference import ReferenceEngine, agreement
 

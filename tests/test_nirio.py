@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from spikedet.convert.nir_export import export_model, write_nir
-from spikedet.deploy.nir_graph import read_nir
+from spikedet.deploy.nir_read import read_nir
 from spikedet.nirio import read_graph, write_graph
 from spikedet.train.models.registry import build_model
 

@@ -30,7 +30,7 @@ imgsz: 64
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from spikedet.train.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_coco import write_synthetic_coco
 
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_coco(root, n_train=16, n_val=8, imgsz=64, seed=3)

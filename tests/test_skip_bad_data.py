@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from spikedet.cli.main import main
-from spikedet.train.data.coco import CocoDetectionSet
+from spikedet.data.coco import CocoDetectionSet
 from spikedet.train.validation import evaluate_detections, make_dataset, skipping_bad_data
 
 NAMES = ["circle", "square", "triangle"]
@@ -56,7 +56,7 @@ def _checkpoint(path: Path, names: list[str], dataset: str) -> Path:
 def coco(tmp_path_factory) -> dict:
     """A clean COCO root, one with a truncated val PNG (and train PNG), one that also has a
     broken annotation entry of another val image; plus a checkpoint."""
-    from spikedet.train.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_coco import write_synthetic_coco
 
     base = tmp_path_factory.mktemp("coco")
     clean = base / "clean"
@@ -154,8 +154,8 @@ def test_coco_train_skip_bad(coco, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def gen1(tmp_path_factory) -> dict:
     """Three 1 s val recordings: a truncated .dat, a garbage _bbox.npy and a good one."""
-    from spikedet.train.data.gen1_labels import CLASS_NAMES
-    from spikedet.train.data.synth_gen1 import write_synthetic_gen1
+    from spikedet.data.gen1_labels import CLASS_NAMES
+    from spikedet.data.synth_gen1 import write_synthetic_gen1
 
     base = tmp_path_factory.mktemp("gen1")
     root = base / "data"

@@ -16,7 +16,7 @@ from spikedet.errors import SpikedetError
 from spikedet.train.loss import DetectionLoss
 from spikedet.train.models.blocks import SpikeConv
 from spikedet.train.models.registry import MODEL_NAMES, build_from_config, build_model
-from spikedet.train.models.spikeyolo import SpikeYOLOv8
+from spikedet.train.models.spikeyolo_v8 import SpikeYOLOv8
 from spikedet.train.models.yolo_blocks import BNAndPad, RepSpikeConv, reparameterize
 from tests.model_helpers import randomize_bn, run_with_spikes
 

@@ -29,7 +29,7 @@ def _run(*argv: str) -> int:
 
 @pytest.fixture(scope="module")
 def coco_root(tmp_path_factory) -> Path:
-    from spikedet.train.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_coco import write_synthetic_coco
 
     root = tmp_path_factory.mktemp("coco")
     write_synthetic_coco(root, n_train=16, n_val=8, imgsz=64, seed=3)
@@ -129,7 +129,7 @@ def test_config_errors(tmp_path, coco_root):
 
 
 def test_gen1_train_and_eval(tmp_path, capsys):
-    from spikedet.train.data.synth_gen1 import write_synthetic_gen1
+    from spikedet.data.synth_gen1 import write_synthetic_gen1
 
     data, out = tmp_path / "gen1", tmp_path / "run"
     write_synthetic_gen1(data, n_train=1, n_val=1, seconds=1.5)

@@ -18,7 +18,7 @@ from spikedet.train.trainer import TrainConfig, evaluate_model, lr_at, train
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from spikedet.train.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_coco import write_synthetic_coco
 
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_coco(root, n_train=16, n_val=8, imgsz=64, seed=3)
@@ -53,7 +53,7 @@ def test_outputs_written(run):
 
 
 def test_checkpoint_is_plain_and_rebuilds(run, data_root):
-    from spikedet.train.data.coco import CocoDetectionSet
+    from spikedet.data.coco import CocoDetectionSet
 
     result, out = run
     state = torch.load(out / "best.pt", weights_only=True)

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spikedet.train.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_coco import write_synthetic_coco
 
     summary = write_synthetic_coco(
         args.out, n_train=args.train, n_val=args.val, imgsz=args.imgsz, seed=args.seed
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_gen1(args: argparse.Namespace) -> int:
-    from spikedet.train.data.synth_gen1 import write_synthetic_gen1
+    from spikedet.data.synth_gen1 import write_synthetic_gen1
 
     summary = write_synthetic_gen1(
         args.out, n_train=args.train, n_val=args.val, seconds=args.seconds, seed=args.seed

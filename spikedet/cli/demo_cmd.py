@@ -48,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
     import nir
 
     from spikedet.convert.nir_export import export_model, parameter_coverage, write_nir
+    from spikedet.data.synth_coco import write_synthetic_coco
     from spikedet.deploy.pipeline import DeployOptions, run_deploy
     from spikedet.fileio import write_json
     from spikedet.train.checkpoint import load_model
-    from spikedet.train.data.synth_coco import write_synthetic_coco
     from spikedet.train.trainer import demo_config, train
 
     out: Path = args.out

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from spikedet.train.data.events import REPRESENTATIONS
+from spikedet.data.events import REPRESENTATIONS
 
 # Options of `train` that map onto TrainConfig fields of the same name.
 TRAIN_OVERRIDES = (

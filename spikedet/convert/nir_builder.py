@@ -3,9 +3,7 @@
 Currents are symbolic (``blocks.Current``: a sum of ``nir_terms.Term``). Maps applied to a
 current (``linear``, ``concat``, ``upsample``) only change its terms; NIR nodes appear when a
 consumer reads a current: ``spikes`` (a neuron population), ``readout`` (an integrator) or
-``max_pool`` (a §2.8 node). Materialising a term gives one ``Conv2d`` node (its folded recipe,
-named ``<conv>``, ``<conv>#k`` or ``<base>@<map>@...``), followed by a ``<conv>.up2`` node when
-the term is upsampled; equal terms share their nodes.
+``max_pool`` (a §2.8 node). The nodes themselves are written by ``nir_nodes.NodeWriter``.
 
 Populations and readouts are built by ``nir_populations`` (I-LIF §2.2, EMS LIF §2.5,
 max-pooled spikes §2.7b, readouts §2.4).
@@ -13,7 +11,6 @@ max-pooled spikes §2.7b, readouts §2.4).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,17 +18,15 @@ import nir
 import numpy as np
 from torch import nn
 
-from spikedet.convert import nir_compose as nc
 from spikedet.convert import nir_populations as npop
 from spikedet.convert import nir_terms as nt
-from spikedet.convert.nir_format import MAX_POOL_OP, UPSAMPLE_OP
+from spikedet.convert.nir_nodes import INPUT_NODE, NodeWriter
 from spikedet.convert.nir_populations import Population
 from spikedet.errors import SpikedetError
 from spikedet.train.models.blocks import Current
 from spikedet.train.neurons import ILIF, LIF
 
 DEFAULT_DT = 1e-4
-INPUT_NODE = "input"
 
 
 class _GraphInput:
@@ -41,7 +36,7 @@ class _GraphInput:
         return "<graph input>"
 
 
-class NIRBuilder:
+class NIRBuilder(NodeWriter):
     """Implements ``blocks.Builder`` (see the module docstring).
 
     ``population_of``: traced neuron module -> the population representing it (neurons reading
@@ -58,23 +53,13 @@ class NIRBuilder:
         self.input: object = _GraphInput()
         self.input_shape = tuple(int(v) for v in input_shape)
         self.T, self.dt = int(T), float(dt)
-        self.lookup = nt.ModuleLookup(model)
+        super().__init__(nt.ModuleLookup(model), self.input_shape)
         self._module_names = {id(m): name for name, m in model.named_modules()}
-        self.nodes: dict[str, nir.NIRNode] = {
-            INPUT_NODE: nir.Input(input_type=np.array(self.input_shape))
-        }
-        self.edges: list[tuple[str, str]] = []
-        self._edge_set: set[tuple[str, str]] = set()
-        self.conv_shapes: dict[str, tuple[int, int, int]] = {}  # conv node -> output (C, H, W)
         self.populations: dict[str, Population] = {}
         self.population_of: dict[str, str] = {}
         self.split_of: dict[str, list[str]] = {}
         self.readouts: dict[str, tuple[int, int, int]] = {}
-        self.factors: set[str] = set()
-        self.extensions: set[str] = set()
         self._population_by_key: dict[tuple, Population] = {}
-        self._node_of_term: dict[Any, str] = {}
-        self._key_of_node: dict[str, Any] = {}
 
     # -- blocks.Builder: synapses and maps on currents ----------------------------------------
 
@@ -273,94 +258,7 @@ class NIRBuilder:
 
     # -- materialisation ---------------------------------------------------------------------
 
-    def _materialize(self, term: nt.Term) -> str:
-        """The node whose output is ``term`` (created on first use; equal terms share it)."""
-        node = self._node_of_term.get(term)
-        if node is not None:
-            return node
-        if term.identity:
-            node = self._max_pool_node(term)
-        else:
-            node = self._conv_node(term)
-            if term.up > 1:
-                conv_node, node = node, f"{node}.up{term.up}"
-                c, h, w = self.conv_shapes[conv_node]
-                self._add_node(node, nir.SumPool2d(
-                    np.array([1, 1]), np.array([1, 1]), np.array([h // 2, w // 2]),
-                    metadata={"spikedet.op": UPSAMPLE_OP, "spikedet.scale": term.up},
-                ), term)  # fmt: skip
-                self._add_edge(conv_node, node)
-                self.extensions.add(UPSAMPLE_OP)
-        self._node_of_term[term] = node
-        return node
-
-    def _conv_node(self, term: nt.Term) -> str:
-        conv_key = ("conv", term.source, term.steps)
-        node = self._node_of_term.get(conv_key)
-        if node is not None:
-            return node
-        source, steps = term.source, term.steps
-        name = nt.node_name(source, steps)
-        if source.kind == "max_pool":  # §2.9: a conv reading the max_pool node itself
-            feeds: tuple[str, ...] = (self._max_pool_node(nt.Term(source, (), source.shape)),)
-        else:
-            feeds = source.nodes
-        arrays = nc.node_arrays(nc.realize(source.shape[0], steps, self.lookup))
-        metadata = {**arrays.metadata, "spikedet.recipe": nt.recipe_json(source, steps)}
-        conv = nir.Conv2d(
-            input_shape=source.shape[1:], weight=arrays.weight, stride=arrays.stride,
-            padding=arrays.padding, dilation=(1, 1), groups=1, bias=arrays.bias,
-            metadata=metadata,
-        )  # fmt: skip
-        self._add_node(name, conv, conv_key)
-        for feed in feeds:
-            self._add_edge(feed, name)
-        shape = tuple(int(v) for v in conv.output_type["output"])
-        expected = (
-            term.shape if term.up == 1 else (term.shape[0], *(v // 2 for v in term.shape[1:]))
-        )
-        if shape != tuple(expected):
-            raise SpikedetError(f"conv node has shape {shape}, its term {expected}", name)
-        self.conv_shapes[name] = shape
-        self.factors.update(s.where for s in steps if not isinstance(s, nt.EmbedStep))
-        self._node_of_term[conv_key] = name
-        return name
-
-    def _max_pool_node(self, term: nt.Term) -> str:
-        """The §2.8 ``max_pool`` node of an identity term: the pooled current's input terms,
-        each with the term's embeddings (max pooling is per channel, and an all-zero channel
-        stays zero), feed a SumPool2d marked ``spikedet.op = max_pool``."""
-        source, embeds = term.source, term.steps
-        key = ("max_pool", source, embeds)
-        node = self._node_of_term.get(key)
-        if node is not None:
-            return node
-        name = source.name + "".join(f"@{s.where}" for s in embeds)
-        pool = nir.SumPool2d(
-            np.array(source.kernel), np.array(source.stride), np.array(source.padding),
-            metadata={"spikedet.op": MAX_POOL_OP, "spikedet.kernel": list(source.kernel),
-                      "spikedet.stride": list(source.stride),
-                      "spikedet.padding": list(source.padding)},
-        )  # fmt: skip
-        self._add_node(name, pool, key)
-        self.extensions.add(MAX_POOL_OP)
-        for inner in source.inputs:
-            embedded = self._term(inner.source, inner.steps + embeds, name, inner.up)
-            self._add_edge(self._materialize(embedded), name)
-        self._node_of_term[key] = name
-        return name
-
     # -- helpers -----------------------------------------------------------------------------
-
-    def _term(self, source: nt.Source, steps: tuple, where: str, up: int = 1) -> nt.Term:
-        """A term with its shape computed (and the geometry checked) step by step."""
-        try:
-            shape = nt.term_shape(source.shape, tuple(steps), up, self.lookup)
-        except ValueError as err:
-            raise SpikedetError(f"cannot export: {err}", where) from err
-        if min(shape) < 1:
-            raise SpikedetError(f"the map leaves an empty {shape} output", where)
-        return nt.Term(source, tuple(steps), shape, up)
 
     def _terms(self, current: Any, where: str) -> tuple[nt.Term, ...]:
         terms = getattr(current, "terms", None)
@@ -395,29 +293,3 @@ class NIRBuilder:
         if name is None:
             raise SpikedetError("module is not part of the exported model", type(module).__name__)
         return name
-
-    def _add_node(self, name: str, node: nir.NIRNode, key: Any = None) -> None:
-        if name in self.nodes:
-            what = "node traced twice (each module may appear once)"
-            if key is not None and self._key_of_node.get(name) != key:
-                what = "two different synapses would get the same node name"
-            raise SpikedetError(what, name)
-        self.nodes[name] = node
-        self._key_of_node[name] = key
-
-    def _add_unit(self, nodes: dict[str, nir.NIRNode], edges: list[tuple[str, str]]) -> None:
-        for name, node in nodes.items():
-            self._add_node(name, node)
-        for src, dst in edges:
-            self._add_edge(src, dst)
-
-    def _add_edge(self, src: str, dst: str) -> None:
-        if (src, dst) in self._edge_set:
-            raise SpikedetError(f"edge from {src} added twice", dst)
-        self._edge_set.add((src, dst))
-        self.edges.append((src, dst))
-
-
-def extensions_json(builder: NIRBuilder) -> str:
-    """Graph metadata ``spikedet.extensions``: the sorted §2.8 ops the graph uses."""
-    return json.dumps(sorted(builder.extensions))

@@ -32,12 +32,11 @@ from spikedet.convert import nir_compose as nc
 from spikedet.convert import nir_terms as nt
 from spikedet.convert.nir_builder import (  # noqa: F401 - re-exported API
     DEFAULT_DT,
-    INPUT_NODE,
     NIRBuilder,
     Population,
-    extensions_json,
 )
 from spikedet.convert.nir_format import FORMAT_VERSION, input_encoding
+from spikedet.convert.nir_nodes import INPUT_NODE, extensions_json  # noqa: F401
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
 from spikedet.nirio import read_graph, write_graph

@@ -16,8 +16,8 @@ from typing import Any
 import nir
 import numpy as np
 
+from spikedet.data.events import REPRESENTATIONS  # numpy only, like this module
 from spikedet.errors import SpikedetError
-from spikedet.train.data.events import REPRESENTATIONS  # numpy only, like this module
 
 FORMAT_VERSION = 2  # what the exporter writes
 FORMATS = (1, 2)  # spikedet.format versions readers accept

@@ -6,12 +6,12 @@ with its incoming synapses, its partial sums when split), per inference (= total
 E_dyn = synops·E_synop + active·E_active + inactive·E_inactive + messages·E_message, where
 messages are routed (spike, destination core) pairs from the mapping (a spike reaching k cores
 costs k). A max-pool layer's synops are its sum-pool events and its updates count its D
-compartments per neuron. A fan-in split layer (``mapping_split``) adds, per partial-sum
+compartments per neuron. A fan-in split layer (``splits``) adds, per partial-sum
 compartment: one update per step (active when it received input), one graded message to its
 neuron's core whenever it received input (an exact cancellation to 0 still sends: an upper
 bound), and one synop at the neuron per such message; in binary mode per active virtual slot.
 The source events are the same synapses' events, landing on the partial sums instead. A delay
-relay stage (``mapping_delays``, counted in its source's layer) costs one update per step, one
+relay stage (``delays``, counted in its source's layer) costs one update per step, one
 synop per spike it receives and forwards, and its messages to the next stage and consumers.
 
 Static energy = P_static/chip x chips x step time x hardware steps, with graded steps =
@@ -34,9 +34,9 @@ from spikedet.deploy.energy_activity import (
     active_counts,
     count_activity,
 )
-from spikedet.deploy.mapping import Mapping, hardware_graph
-from spikedet.deploy.mapping_figures import reach, unit_intervals
-from spikedet.deploy.mapping_geometry import HwGraph
+from spikedet.deploy.mapping.geometry import HwGraph
+from spikedet.deploy.mapping.mapper import Mapping, hardware_graph
+from spikedet.deploy.mapping.tiles import reach, unit_intervals
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from spikedet.deploy.mapping_geometry import (
+from spikedet.deploy.mapping.geometry import (
     HwEdge,
     HwGraph,
     check_geometry,

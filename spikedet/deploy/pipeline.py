@@ -58,11 +58,11 @@ def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int, me
     if opts.dataset not in ("coco", "gen1"):
         raise SpikedetError(f"dataset must be coco or gen1, got {opts.dataset!r}", "--dataset")
     if opts.dataset == "coco":
-        from spikedet.train.data.coco import CocoDetectionSet
+        from spikedet.data.coco import CocoDetectionSet
 
         ds = CocoDetectionSet.from_root(opts.data, opts.split, imgsz=imgsz, augment=False)
     else:
-        from spikedet.train.data.gen1_dataset import Gen1DetectionSet
+        from spikedet.data.gen1_dataset import Gen1DetectionSet
 
         # The graph's T is the number of event bins the model was trained with.
         spec = graph_input(metadata)
@@ -111,17 +111,17 @@ def decode_head(
 def _score(ds, head: dict, readouts: dict[str, np.ndarray], opts: DeployOptions) -> dict:
     dets = decode_head(head, readouts, opts.conf_thres, opts.iou_thres)
     if opts.dataset == "gen1":
-        from spikedet.train.gen1_eval import collect_detections, evaluate_gen1
+        from spikedet.metrics.gen1_protocol import collect_detections, evaluate_gen1
 
         metas = [ds.meta(i) for i in range(len(ds))]
         return evaluate_gen1(ds.labels, collect_detections(metas, dets))
-    from spikedet.train.evaluate import evaluate
+    from spikedet.metrics.coco_map import evaluate
 
     return evaluate(ds, dets)
 
 
 def _slice(result, n: int):
-    from spikedet.sim.engine import EngineResult
+    from spikedet.sim.interface import EngineResult
 
     return EngineResult(
         spikes={k: v[:, :n] for k, v in result.spikes.items()},
@@ -133,7 +133,7 @@ def _slice(result, n: int):
 
 def _run_batched(engine, qg, x_int: np.ndarray, batch: int):
     """Run an engine over the images in batches and concatenate along the batch axis."""
-    from spikedet.sim.engine import EngineResult
+    from spikedet.sim.interface import EngineResult
 
     n = x_int.shape[_batch_axis(x_int)]
     parts = [engine.run(qg, _take(x_int, i, i + batch)) for i in range(0, n, batch)]
@@ -150,12 +150,13 @@ def _run_batched(engine, qg, x_int: np.ndarray, batch: int):
 def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     """Run the whole deploy stage and write ``opts.out/report.{json,md}`` plus plots."""
     from spikedet.deploy.energy import count_activity, energy_report
-    from spikedet.deploy.mapping import map_graph
-    from spikedet.deploy.nir_graph import check_head, read_nir
+    from spikedet.deploy.mapping.mapper import map_graph
+    from spikedet.deploy.nir_read import check_head, read_nir
     from spikedet.deploy.profiles import load_profile, resolve_target
     from spikedet.deploy.quantize import quantize
     from spikedet.deploy.report import summary_table, write_report
-    from spikedet.sim.engine import compare, get_engine, readout_floats
+    from spikedet.sim.interface import compare, readout_floats
+    from spikedet.sim.registry import get_engine
 
     if opts.engine not in ENGINES:
         raise SpikedetError(f"unknown engine {opts.engine!r}; choose one of {ENGINES}", "--engine")

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from spikedet.sim.engine import EngineResult, check_input
+from spikedet.sim.interface import EngineResult, check_input
 from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QPopulation, QSynapse, QuantGraph
 
 STATE_MAX = (1 << (STATE_BITS - 1)) - 1  # clip24 bound: +-(2^23 - 1)

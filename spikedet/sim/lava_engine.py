@@ -18,16 +18,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 import spikedet
 from spikedet.errors import SpikedetError
+from spikedet.sim.interface import EngineResult, check_input
 from spikedet.sim.qgraph import QuantGraph
-
-if TYPE_CHECKING:
-    from spikedet.sim.engine import EngineResult
 
 REPO = Path(spikedet.__file__).resolve().parents[1]
 ERROR_PREFIX = "spikedet-lava: error: "
@@ -84,9 +81,6 @@ class LavaEngine:
         whole worker (start, compile, simulation, transfer); ``info`` carries the worker's own
         compile and per-step times.
         """
-        # engine.py imports this module lazily (get_engine); import it lazily here too
-        from spikedet.sim.engine import EngineResult, check_input
-
         ok, why = self.available()
         if not ok:
             raise SpikedetError(why, "lava engine")

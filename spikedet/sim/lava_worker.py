@@ -41,7 +41,7 @@ import numpy as np
 
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
-from spikedet.sim.engine import check_input
+from spikedet.sim.interface import check_input
 from spikedet.sim.qgraph import QPopulation, QuantGraph
 
 # Extractor channels hold up to CHUNK steps of every population between two host reads; this

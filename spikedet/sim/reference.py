@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from spikedet.errors import SpikedetError
-from spikedet.sim.engine import EngineResult, check_input, readout_floats
+from spikedet.sim.interface import EngineResult, check_input, readout_floats
 from spikedet.sim.qgraph import QuantGraph
 
 
@@ -49,7 +49,7 @@ class ReferenceEngine:
         if self.nir_graph is None:
             raise SpikedetError("the reference engine needs the NIR graph", "engine reference")
         if isinstance(self.nir_graph, (str, Path)):
-            from spikedet.deploy.nir_graph import load_nir
+            from spikedet.deploy.nir_read import load_nir
 
             self.nir_graph = load_nir(self.nir_graph)
         return self.nir_graph

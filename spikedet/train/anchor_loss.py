@@ -1,6 +1,6 @@
 """EMS-YOLO's anchor-based loss (the YOLOv5 method), batched, written from the published math.
 
-Reference: /work/shared/reference/detectors.md §4.1. Per level l (stride s, anchors A_l in grid
+Source: BICLab/EMS-YOLO @ fbfc2ca, ``utils/loss.py`` (``ComputeLoss``, YOLOv5's method). Per level l (stride s, anchors A_l in grid
 units = pixels / s), targets in grid units (centre g, size g_wh):
 
 - Matching: target t goes to anchor a when max(r, 1/r) < anchor_t on both sides, r = g_wh / A_a.

@@ -21,7 +21,8 @@ from torch import nn
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
 from spikedet.train.models.registry import build_from_config
-from spikedet.train.models.spikeyolo import SpikeYOLO, SpikeYOLOv8
+from spikedet.train.models.spikeyolo import SpikeYOLO
+from spikedet.train.models.spikeyolo_v8 import SpikeYOLOv8
 
 CHECKPOINT_FORMAT = "spikedet-checkpoint"
 CHECKPOINT_VERSION = 1

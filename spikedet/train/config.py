@@ -2,7 +2,7 @@
 
 Resolution order (later wins): ``TrainConfig`` defaults <- a YAML file (a mapping of field names)
 <- command-line overrides. For ``dataset: gen1`` an imgsz given nowhere defaults to 320
-(SpikeYOLO's Gen1 setting, reference detectors.md §5.2) instead of 64. The resolved config is
+(SpikeYOLO's Gen1 setting, BICLab/SpikeYOLO @ 309ef5e, ``SpikeYOLO_for_Gen1``) instead of 64. The resolved config is
 saved as ``RUN/config.yaml`` and stored in every checkpoint (``train_config``), which is what
 ``--resume`` continues from.
 """
@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from spikedet.data.events import REPRESENTATIONS
 from spikedet.errors import SpikedetError
 from spikedet.fileio import write_text
-from spikedet.train.data.events import REPRESENTATIONS
 
 GEN1_IMGSZ = 320
 DATASETS = ("coco", "gen1")

@@ -108,7 +108,7 @@ def sharded_loader(
     dataset: Any, batch: int, ctx: DistContext, seed: int, epoch: int, workers: int
 ) -> DataLoader:
     """One epoch's loader over this rank's shard (``batch`` is the total over all ranks)."""
-    from spikedet.train.data.loader import collate
+    from spikedet.data.loader import collate
 
     if batch % ctx.world_size:
         raise SpikedetError(

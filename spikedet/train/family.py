@@ -5,7 +5,7 @@
   ``spikedet.detection.postprocess``; validation NMS IoU 0.7 (ultralytics default).
 - ``"anchor"``: EMSYOLO (YOLOv5-style anchor head, outputs per stride
   ``[B, na·(nc+5), H, W]``): ``AnchorLoss`` and ``spikedet.anchor_decode.postprocess_anchor``;
-  validation NMS IoU 0.6 (YOLOv5 val; reference detectors.md §4.1).
+  validation NMS IoU 0.6 (YOLOv5 val, as in BICLab/EMS-YOLO @ fbfc2ca, ``val.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from spikedet.errors import SpikedetError
 from spikedet.train.anchor_loss import AnchorLoss
 from spikedet.train.loss import DetectionLoss
 from spikedet.train.models.ems import EMSYOLO
-from spikedet.train.models.spikeyolo import SpikeYOLO, SpikeYOLOv8
+from spikedet.train.models.spikeyolo import SpikeYOLO
+from spikedet.train.models.spikeyolo_v8 import SpikeYOLOv8
 
 # (conf_thres, iou_thres) each family's reference validation uses.
 NMS_DEFAULTS: dict[str, tuple[float, float]] = {"dfl": (0.001, 0.7), "anchor": (0.001, 0.6)}

@@ -5,7 +5,8 @@ Works on any model built from ``spikedet.train.neurons`` (SpikeYOLO with ``ILIF`
 
 - every neuron: spike count Σ s (for I-LIF, the integer counts, i.e. binary spikes of the
   thermometer code) and firing rate fr = mean(s) over (T, B, neurons). For I-LIF fr lies in
-  [0, D] and includes D, as SpikeYOLO defines it (reference detectors.md §6);
+  [0, D] and includes D, as SpikeYOLO defines it
+  (its energy accounting, Luo et al., ECCV 2024, arXiv 2407.20708);
 - every conv / linear: MACs per image per time step by the NeuroBench rule: only real
   connections count (taps that land on zero padding do not), bias excluded;
 - a conv reads spikes when its input tensor is a neuron output (or a max-pool / upsample of

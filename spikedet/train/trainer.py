@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikedet.data.events import channels
 from spikedet.errors import SpikedetError
 from spikedet.fileio import write_json, write_text
 from spikedet.train import ddp
@@ -50,7 +51,6 @@ from spikedet.train.config import (
     demo_config,
     save_config,
 )
-from spikedet.train.data.events import channels
 from spikedet.train.family import make_loss
 from spikedet.train.models.registry import build_model
 from spikedet.train.validation import evaluate_model, make_dataset, model_input
@@ -217,7 +217,7 @@ def _check_resumable(state: dict, cfg: TrainConfig, where: str) -> None:
 def _train(cfg: TrainConfig, progress: bool, resume: bool, ctx: ddp.DistContext) -> dict:
     from tqdm import tqdm
 
-    from spikedet.train.data.loader import make_loader
+    from spikedet.data.loader import make_loader
 
     t0 = time.perf_counter()
     out = Path(cfg.out)

@@ -84,12 +84,12 @@ def make_dataset(
     if skip_bad is None:
         skip_bad = policy[0] if policy else False
     if kind == "coco":
-        from spikedet.train.data.coco import CocoDetectionSet
+        from spikedet.data.coco import CocoDetectionSet
 
         dataset = CocoDetectionSet.from_root(root, split, imgsz, augment, seed, skip_bad)
     elif kind == "gen1":
-        from spikedet.train.data.gen1_dataset import Gen1DetectionSet
-        from spikedet.train.data.gen1_labels import CLASS_NAMES
+        from spikedet.data.gen1_dataset import Gen1DetectionSet
+        from spikedet.data.gen1_labels import CLASS_NAMES
 
         dataset = Gen1DetectionSet(
             root, split, T=time_steps, representation=representation, imgsz=imgsz,
@@ -113,7 +113,7 @@ def predict(
     device: torch.device | str = "cpu",
 ) -> list[np.ndarray]:
     """Detections [K, 6] (letterboxed pixels) for every item of ``dataset``, in order."""
-    from spikedet.train.data.loader import make_loader
+    from spikedet.data.loader import make_loader
 
     device = torch.device(device)
     was_training = model.training
@@ -132,11 +132,11 @@ def predict(
 def evaluate_detections(dataset: Any, dataset_kind: str, dets: list[np.ndarray]) -> dict:
     """mAP (``map``, ``map50``, ...) of per-item detections on a COCO or Gen1 dataset."""
     if dataset_kind == "gen1":
-        from spikedet.train.gen1_eval import collect_detections, evaluate_gen1
+        from spikedet.metrics.gen1_protocol import collect_detections, evaluate_gen1
 
         metas = [dataset.meta(i) for i in range(len(dataset))]
         return evaluate_gen1(dataset.labels, collect_detections(metas, dets))
-    from spikedet.train.evaluate import evaluate
+    from spikedet.metrics.coco_map import evaluate
 
     return evaluate(dataset, dets)
 

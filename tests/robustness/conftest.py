@@ -30,10 +30,10 @@ class Valid:
 def valid(tmp_path_factory: pytest.TempPathFactory) -> Valid:
     from spikedet.cli.main import main
     from spikedet.convert.nir_export import export_model, write_nir
+    from spikedet.data.gen1_labels import CLASS_NAMES
+    from spikedet.data.synth_coco import write_synthetic_coco
+    from spikedet.data.synth_gen1 import write_synthetic_gen1
     from spikedet.train.checkpoint import save_checkpoint
-    from spikedet.train.data.gen1_labels import CLASS_NAMES
-    from spikedet.train.data.synth_coco import write_synthetic_coco
-    from spikedet.train.data.synth_gen1 import write_synthetic_gen1
     from spikedet.train.models.registry import build_model
 
     root = tmp_path_factory.mktemp("valid")

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from spikedet.train.data.gen1 import RAW_DTYPE
-from spikedet.train.data.gen1_labels import BBOX_DTYPE
+from spikedet.data.gen1 import RAW_DTYPE
+from spikedet.data.gen1_labels import BBOX_DTYPE
 from tests.robustness.corrupt import GARBAGE, Case, Damage, _delete, _json, _truncate, _write
 
 # --------------------------------------------------------------------------------------------

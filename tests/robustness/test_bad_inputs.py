@@ -269,8 +269,8 @@ WHOLE_FILE_CASES = [c for c in corrupt.DAT_CASES if c.id != "other-sensor"]  # a
 @pytest.mark.parametrize("backend", ["numpy", "expelliarmus"])
 @pytest.mark.parametrize("case", WHOLE_FILE_CASES, ids=ids(WHOLE_FILE_CASES))
 def test_dat_whole_file_readers(case: Case, backend: str, valid: Valid, tmp_path: Path) -> None:
+    from spikedet.data.gen1 import read_dat
     from spikedet.errors import SpikedetError
-    from spikedet.train.data.gen1 import read_dat
 
     _, dat = gen1_copy(valid, tmp_path, "_td.dat")
     case.damage(dat)

@@ -1,8 +1,9 @@
 """EMS-YOLO detectors (EMS-ResNet backbones, 2-scale anchor head) on the EMS LIF neuron.
 
-Reference: /work/shared/reference/detectors.md §1.1 (neuron, BN), §2.1 (blocks), §3.1 (layer
-tables), §3.5 (parameter counts), §4.1 (head). Tensors are time-first ``[T, B, C, H, W]``; every
-conv runs per time step and BatchNorm statistics are shared over (T, B, H, W).
+Source: BICLab/EMS-YOLO @ fbfc2ca: ``models/common.py`` (``mem_update``, the blocks), the
+``models/*.yaml`` layer tables and ``models/yolo.py`` (head); parameter counts checked against
+the paper's (Su et al., ICCV 2023, arXiv 2307.11411). Tensors are time-first
+``[T, B, C, H, W]``; every conv runs per time step and BatchNorm statistics are shared over (T, B, H, W).
 
 Blocks pass membrane-level currents: a residual branch is ``LCB(k, s) -> LCB(k, 1)`` with
 ``LCB = LIF -> Conv (no bias) -> BN``, and its output is *added* to the shortcut without a neuron
@@ -31,203 +32,28 @@ variant's pooling composes like a conv, so its graph has no extension ops.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spikedet.errors import SpikedetError
-from spikedet.train.models.blocks import Builder, Current, time_first
-from spikedet.train.neurons import LIF
+from spikedet.train.models.blocks import Builder, time_first
+from spikedet.train.models.ems_blocks import (
+    LCB,
+    NUM_ANCHORS,
+    POOL_KINDS,
+    STRIDES,
+    AnchorDetect,
+    BasicBlock,
+    ConcatBlock,
+    EMSConvBN,
+    Sample,
+)
 
-V_TH = 0.5  # EMS LIF threshold; BN weights are initialised relative to it
-BN_INIT = V_TH  # ordinary BN weight
-BN_INIT_LAST = 0.2 * V_TH  # last BN of every residual branch (EMS-YOLO's batch_norm_2d1)
-NUM_ANCHORS = 3
-STRIDES = (16, 32)
 _COCO_ANCHORS = [[[10, 14], [23, 27], [37, 58]], [[81, 82], [135, 169], [344, 319]]]
 _GEN1_ANCHORS = [[[10, 14], [23, 27], [37, 58]], [[81, 82], [135, 169], [216, 269]]]
-POOL_KINDS = ("max", "avg")
 AVG_SUFFIX = "-avg"  # model name suffix of the average-pool variant
-
-
-def per_step(module: nn.Module, x: Tensor) -> Tensor:
-    """Apply a per-frame module to ``[T, B, ...]`` by folding time into the batch."""
-    t, b = x.shape[:2]
-    y = module(x.flatten(0, 1))
-    return y.view(t, b, *y.shape[1:])
-
-
-class EMSConvBN(nn.Module):
-    """Conv2d (per step, no bias) -> BN over (T, B, H, W) = EMS-YOLO's BatchNorm3d.
-
-    ``bn_init`` is the initial BN weight γ (0.5, or 0.1 for a residual branch's last BN).
-    """
-
-    def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1, bn_init: float = BN_INIT):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, s, k // 2, bias=False)
-        self.bn = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
-        nn.init.constant_(self.bn.weight, bn_init)
-        nn.init.zeros_(self.bn.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return per_step(self.bn, per_step(self.conv, x))
-
-
-class LCB(nn.Module):
-    """LIF -> Conv -> BN: y = BN(W * s), s = LIF(x) binary spikes."""
-
-    def __init__(self, cin: int, cout: int, k: int = 3, s: int = 1, bn_init: float = BN_INIT):
-        super().__init__()
-        self.lif = LIF(beta=0.25, threshold=V_TH)
-        self.cb = EMSConvBN(cin, cout, k, s, bn_init)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.cb(self.lif(x))
-
-    def trace(self, g: Builder, x: Current) -> Current:
-        return g.conv(g.spikes(x, self.lif), self.cb)
-
-
-class Pool(nn.Module):
-    """Max-pool kernel = stride = s over H, W at every time step (MaxPool3d((1, s, s))), or
-    with ``kind="avg"`` the average pool of the same window (the deployable variant)."""
-
-    def __init__(self, s: int, kind: str = "max"):
-        super().__init__()
-        if kind not in POOL_KINDS:
-            raise SpikedetError(f"pool must be one of {list(POOL_KINDS)}, got {kind!r}", "ems")
-        self.pool = nn.MaxPool2d(s, s) if kind == "max" else nn.AvgPool2d(s, s)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return per_step(self.pool, x)
-
-    def trace(self, g: Builder, x: Current) -> Current:
-        """Max: the §2.8 max_pool op on the current; avg: a linear map composed away (§2.6)."""
-        if isinstance(self.pool, nn.MaxPool2d):
-            return g.max_pool(x, self.pool)
-        return g.linear(x, self.pool)
-
-
-class Sample(nn.Module):
-    """Nearest x2 upsampling per time step."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return per_step(lambda f: F.interpolate(f, scale_factor=2.0, mode="nearest"), x)
-
-    def trace(self, g: Builder, x: Current) -> Current:
-        return g.upsample(x, self, 2)
-
-
-class Residual(nn.Module):
-    """Residual branch: LCB(k, s, Cin->Chid, γ0 0.5) -> LCB(k, 1, Chid->Cout, γ0 0.1)."""
-
-    def __init__(self, cin: int, chid: int, cout: int, k: int, s: int):
-        super().__init__()
-        self.a = LCB(cin, chid, k, s)
-        self.b = LCB(chid, cout, k, 1, BN_INIT_LAST)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(self.a(x))
-
-    def trace(self, g: Builder, x: Current) -> Current:
-        return self.b.trace(g, self.a.trace(g, x))
-
-
-class BasicBlock(nn.Module):
-    """y = Residual(x) + shortcut(x) (MS-Block / EMS-Block1).
-
-    shortcut = identity when s == 1 and Cin == Cout, else MaxPool(s) -> [LIF] -> Conv1x1 -> BN.
-    ``half`` (BasicBlock_ms): Chid = Cout/2 and the shortcut has NO LIF (real-valued conv input,
-    EMS-YOLO code); full width (BasicBlock_2): Chid = Cout, spiking shortcut.
-    """
-
-    def __init__(
-        self, cin: int, cout: int, k: int = 3, s: int = 1, half: bool = True, pool: str = "max"
-    ):
-        super().__init__()
-        self.residual = Residual(cin, cout // 2 if half else cout, cout, k, s)
-        self.shortcut: nn.Module | None = None
-        if s != 1 or cin != cout:
-            layers: list[nn.Module] = [Pool(s, pool)] if s > 1 else []
-            layers.append(EMSConvBN(cin, cout, 1) if half else LCB(cin, cout, 1))
-            self.shortcut = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        short = x if self.shortcut is None else self.shortcut(x)
-        return self.residual(x) + short
-
-    def trace(self, g: Builder, x: Current) -> Current:
-        """The half-width shortcut conv reads the (pooled) current: composed away (§2.6)."""
-        short = x
-        for layer in self.shortcut if self.shortcut is not None else ():
-            short = (
-                g.linear(short, layer) if isinstance(layer, EMSConvBN) else layer.trace(g, short)
-            )
-        return self.residual.trace(g, x) + short
-
-
-class ConcatBlock(nn.Module):
-    """EMS-Block2: y = Residual(x) + MaxPool(s)(cat[LCB1x1(Cin->Cout-Cin)(x), x]).
-
-    The concatenation keeps the input current and adds spike-driven channels only for the missing
-    Cout - Cin (so the shortcut costs fewer synaptic ops than a full conv); when Cin >= Cout the
-    shortcut is MaxPool(s)(x). ``half`` (ConcatBlock_ms): Chid = Cout/2, else Chid = Cout.
-    """
-
-    def __init__(
-        self, cin: int, cout: int, k: int = 3, s: int = 1, half: bool = True, pool: str = "max"
-    ):
-        super().__init__()
-        if cin > cout:
-            raise SpikedetError(f"ConcatBlock needs Cin <= Cout, got {cin}->{cout}", "ems")
-        self.residual = Residual(cin, cout // 2 if half else cout, cout, k, s)
-        self.extra = LCB(cin, cout - cin, 1) if cin < cout else None
-        self.pool = Pool(s, pool) if s > 1 else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        short = x if self.extra is None else torch.cat([self.extra(x), x], dim=2)
-        if self.pool is not None:
-            short = self.pool(short)
-        return self.residual(x) + short
-
-    def trace(self, g: Builder, x: Current) -> Current:
-        """The concatenation (map ``<block>.cat``) embeds channel ranges (§2.7)."""
-        short = x if self.extra is None else g.concat([self.extra.trace(g, x), x], self, "cat")
-        if self.pool is not None:
-            short = self.pool.trace(g, short)
-        return self.residual.trace(g, x) + short
-
-
-class AnchorDetect(nn.Module):
-    """YOLOv5 anchor head: per scale a 1x1 conv with bias to na*(nc+5), per step, mean over T.
-
-    Bias prior (YOLOv5): objectness += log(8 / (640/stride)^2), classes += log(0.6/(nc-0.99)).
-    """
-
-    def __init__(self, cins: list[int], nc: int, anchors: list[list[list[float]]]):
-        super().__init__()
-        self.nc, self.no = nc, nc + 5
-        self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))
-        self.convs = nn.ModuleList(nn.Conv2d(c, NUM_ANCHORS * self.no, 1) for c in cins)
-        with torch.no_grad():
-            for conv, stride in zip(self.convs, STRIDES):
-                b = conv.bias.view(NUM_ANCHORS, self.no)
-                b[:, 4] += math.log(8 / (640 / stride) ** 2)
-                b[:, 5:] += math.log(0.6 / (nc - 0.99))
-
-    def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        return [per_step(conv, f).mean(0) for conv, f in zip(self.convs, feats)]
-
-    def trace(self, g: Builder, feats: list[Current]) -> list[str]:
-        """One readout ``detect.k`` per stride; each 1x1 conv is composed into its current."""
-        return [
-            g.readout(g.linear(f, conv), f"detect.{k}")
-            for k, (conv, f) in enumerate(zip(self.convs, feats))
-        ]
 
 
 _CONFIG_KEYS = ("name", "nc", "T", "imgsz", "family", "stem", "widths", "extras", "anchors")

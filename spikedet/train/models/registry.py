@@ -28,14 +28,10 @@ from typing import Any
 
 from spikedet.errors import SpikedetError
 from spikedet.train.models.ems import AVG_SUFFIX, EMS_MODEL_NAMES, EMSYOLO, ems_config
-from spikedet.train.models.spikeyolo import (
-    CONFIG_KEYS,
-    FULL_CONFIG_KEYS,
-    SpikeYOLO,
-    SpikeYOLOv8,
-)
+from spikedet.train.models.spikeyolo import CONFIG_KEYS, SpikeYOLO
+from spikedet.train.models.spikeyolo_v8 import FULL_CONFIG_KEYS, SpikeYOLOv8
 
-# SpikeYOLO scales (reference detectors.md §3.2): widths = int(w * (128, 256, 512, 1024)) at
+# SpikeYOLO scales (BICLab/SpikeYOLO @ 309ef5e, snn_yolov8.yaml): widths = int(w * (128, 256, 512, 1024)) at
 # strides 4/8/16/32, repeats = max(round(d * (3, 6, 9, 3)), 1) for layers 2/4/6/8, and the
 # layer-25 MS_ConvBlock ratio (1 for n/s, 2 for m/l per the yaml comment; issue #22).
 _SCALES: dict[str, tuple[list[int], list[int], int]] = {

@@ -1,4 +1,4 @@
-"""The full SpikeYOLO blocks (reference detectors.md §2.2) on ``[T, B, C, H, W]`` tensors.
+"""The full SpikeYOLO blocks (BICLab/SpikeYOLO @ 309ef5e, ``ultralytics/nn/modules/yolo_spikformer.py``) on ``[T, B, C, H, W]`` tensors.
 
 Training-time (re-parameterisable) forms:
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spikedet.data.coco import to_original
 from spikedet.errors import SpikedetError
 from spikedet.fileio import write_text
-from spikedet.train.data.coco import to_original
 
 if TYPE_CHECKING:
-    from spikedet.train.data.coco import CocoDetectionSet
+    from spikedet.data.coco import CocoDetectionSet
 
 METRIC_KEYS = ("map", "map50", "map75", "maps", "mapm", "mapl")  # COCOeval stats[0:6]
 

@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from spikedet.data.coco import Sample, letterbox_geometry
+from spikedet.data.events import BACKGROUND, channels, events_to_tensor
+from spikedet.data.gen1 import SENSOR_HW, DatFile, read_dat_header
+from spikedet.data.gen1_labels import Gen1Recording, find_recordings, read_bbox
 from spikedet.errors import SpikedetError
-from spikedet.train.data.coco import Sample, letterbox_geometry
-from spikedet.train.data.events import BACKGROUND, channels, events_to_tensor
-from spikedet.train.data.gen1 import SENSOR_HW, DatFile, read_dat_header
-from spikedet.train.data.gen1_labels import Gen1Recording, find_recordings, read_bbox
 
 
 def last_per_track(rows: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ hardware has more than the integer model's synapses (docs/semantics.md §3.2):
 - a max-pool population M (§2.7b) is D compartments per neuron (one threshold compartment
   per spike level) fed by a pool edge from its source: kernel, stride and padding of the pool,
   destination channel c reading source channel c, weight 1 per level and window tap;
-- a fan-in split (``mapping_split``) adds partial-sum populations and identity edges, and a
-  delay beyond the profile's (``mapping_delays``) relay populations and identity edges.
+- a fan-in split (``splits``) adds partial-sum populations and identity edges, and a
+  delay beyond the profile's (``delays``) relay populations and identity edges.
 
 An edge stores, per destination channel o, the interval [ch_lo[o], ch_hi[o]) of source
 channels it reads (empty when ch_lo = ch_hi) and ``weights[o]``, the weights stored per kernel

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spikedet.data.gen1 import SENSOR_HW
+from spikedet.data.gen1_labels import BBOX_DTYPE, BBOX_DTYPE_ORIGINAL
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
-from spikedet.train.data.gen1 import SENSOR_HW
-from spikedet.train.data.gen1_labels import BBOX_DTYPE, BBOX_DTYPE_ORIGINAL
 
 FRAME_US = 1000  # simulation step (1 kHz)
 THRESHOLD = 0.15  # mean contrast threshold C (log units)

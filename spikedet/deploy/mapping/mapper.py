@@ -1,11 +1,11 @@
 """Partition every population of a QuantGraph into core-sized tiles (the hardware profile's limits).
 
-The graph is first seen as hardware populations and edges (``mapping_geometry``): conv synapses
+The graph is first seen as hardware populations and edges (``geometry``): conv synapses
 with their ``out_offset`` and ``upsample`` wiring, max-pool populations as D threshold
 compartments per neuron on a sum-pool edge of weight 1 (docs/semantics.md §2.7b, §3.2), LIF
 populations as D = 1 neurons, and the extra populations below.
 
-Fan-in splitting (``mapping_split``). When one neuron of a layer needs more fan-in axons F (or
+Fan-in splitting (``splits``). When one neuron of a layer needs more fan-in axons F (or
 more synaptic memory) than a core has, its input synapses are divided by input channel into
 groups, each a partial-sum population ``P/psum<k>`` (one compartment per neuron, on its own
 cores) that sends its exact integer sum as one graded message to the neuron's core (one axon
@@ -15,7 +15,7 @@ one hardware step, and §3.3 delays re-align the other paths. A layer is refused
 the limit, only when even one input channel cannot fit a core, or when no grouping's partial
 sums fit the graded payload.
 
-Choice of the grouping (``mapping_split.choose_grouping``, deterministic). The fewest groups
+Choice of the grouping (``splits.choose_grouping``, deterministic). The fewest groups
 g0 (about ceil(F / limit)) is rarely the cheapest: a partial-sum core of a big group holds few
 compartments. When the tiling pass (destinations first) reaches a split layer, it evaluates the
 group multipliers m = 1, 2, 4, ... (min(input channels, m x g0) groups per class, down to one
@@ -32,7 +32,7 @@ A tile is a box of a population's (C, H, W) neurons: ``c_t`` channels x ``h_t`` 
 columns; a population uses ceil(C/c_t)·ceil(H/h_t)·ceil(W/w_t) cores, placed on consecutive core
 ids in topological order (a layer's partial sums, its neurons, then relays of its spikes); chips =
 ceil(cores / cores_per_chip). Per core, for the worst tile of the grid (exact, see
-``mapping_figures``):
+``tiles``):
 
 - neurons: compartments (c_t·h_t·w_t, x D for max-pool) <= neurons_per_core;
 - synaptic memory (bits), summed over incoming edges: with conv weight sharing, the kernel slice
@@ -46,7 +46,7 @@ ceil(cores / cores_per_chip). Per core, for the worst tile of the grid (exact, s
   counts as a source; a partial sum is one axon);
 - fan-out: distinct destination cores the tile's spikes reach, over all outgoing edges.
 
-Tile search (``mapping_figures.best_tile``): the candidate sizes along an axis of length N are
+Tile search (``tiles.best_tile``): the candidate sizes along an axis of length N are
 ceil(N/n), n = 1..N. Memory and fan-in of every candidate (c_t, h_t, w_t) are computed exactly
 in one vectorized pass; among the candidates within every limit the fewest tiles wins; ties
 prefer splitting channels first, then rows, then columns. Fan-out is exact because destinations
@@ -55,10 +55,10 @@ candidates first and for all of them at once only when those exceed it (same cho
 
 Time: every edge is one hardware step; hardware depths are recomputed over the split graph (a
 split layer is one step deeper than its logical depth, and so is everything after it). A delay
-longer than ``delay_bits`` allows is realized by relay stages of its source (``mapping_delays``;
+longer than ``delay_bits`` allows is realized by relay stages of its source (``delays``;
 exact, counted as cores and activity of the source's layer), so delays never refuse a graph.
 Depths and relays depend on which layers are split, not on their grouping.
-Precision (``mapping_precision``): max |weight| fits ``weight_bits``, the 24-bit state and
+Precision (``precision``): max |weight| fits ``weight_bits``, the 24-bit state and
 12-bit decays of §3 fit the profile, the 8-bit graded input fits the payload; graded deployment
 (§3.4) also needs ceil(log2(D+1)) payload bits (D = 1 for LIF), binary deployment one.
 """
@@ -69,22 +69,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from spikedet.deploy.mapping_delays import (
-    apply_relays,
-    apply_splits,
-    delay_figures,
-    replace_layer,
-)
-from spikedet.deploy.mapping_figures import best_tile, reach, tile_fanout, unit_intervals
-from spikedet.deploy.mapping_geometry import HwGraph, check_geometry, hardware_view
-from spikedet.deploy.mapping_precision import check_precision
-from spikedet.deploy.mapping_split import (
+from spikedet.deploy.mapping.delays import apply_relays, delay_figures
+from spikedet.deploy.mapping.edits import replace_layer
+from spikedet.deploy.mapping.geometry import HwGraph, check_geometry, hardware_view
+from spikedet.deploy.mapping.precision import check_precision
+from spikedet.deploy.mapping.psums import PsumPlan, apply_splits
+from spikedet.deploy.mapping.splits import (
     OPTIONAL_SPLIT_GAIN,
-    PsumPlan,
     choose_grouping,
     layer_plans,
     plan_splits,
 )
+from spikedet.deploy.mapping.tiles import best_tile, reach, tile_fanout, unit_intervals
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph
@@ -119,7 +115,7 @@ class Tiling:
 
 @dataclass
 class PsumMapping(Tiling):
-    """A partial-sum population of a split layer (``mapping_split``)."""
+    """A partial-sum population of a split layer (``splits``)."""
 
     name: str = ""
     dst_channels: tuple[int, int] = (0, 0)
@@ -130,7 +126,7 @@ class PsumMapping(Tiling):
 
 @dataclass
 class RelayMapping(Tiling):
-    """A delay relay stage (``mapping_delays``): ``source``'s spikes, ``stage`` x (L + 1) steps
+    """A delay relay stage (``delays``): ``source``'s spikes, ``stage`` x (L + 1) steps
     later."""
 
     name: str = ""

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from spikedet.train.data.coco import Sample
+from spikedet.data.coco import Sample
 
 
 def collate(samples: list[Sample]) -> tuple[Tensor, Tensor, list[dict]]:

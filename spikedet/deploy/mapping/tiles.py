@@ -24,8 +24,8 @@ from itertools import combinations
 
 import numpy as np
 
-from spikedet.deploy.mapping_delays import collapse_psums, psum_signature
-from spikedet.deploy.mapping_geometry import (
+from spikedet.deploy.mapping.edits import collapse_psums, psum_signature
+from spikedet.deploy.mapping.geometry import (
     HwEdge,
     HwGraph,
     Interval,
@@ -350,7 +350,7 @@ def layer_tiles(
     chosen: dict,
     known: dict | None = None,
 ) -> tuple[int, dict]:
-    """Cores of a split layer ``name`` in its ``local`` graph (``mapping_delays.local_graph``):
+    """Cores of a split layer ``name`` in its ``local`` graph (``delays.local_graph``):
     its neurons (partial-sum edges merged, ``collapse_psums``) then each of its ``psums`` on the
     neurons' tile, and the tiles (population -> ``best_tile`` result); partial sums with equal
     ``psum_signature`` share one tile search. ``known``: the tiles of an

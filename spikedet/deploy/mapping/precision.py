@@ -5,7 +5,7 @@ the 8-bit graded input fits the message payload. Graded deployment (§3.4) also 
 ceil(log2(D+1)) payload bits for the largest D of the spiking populations (D = 1 for LIF, the
 source's D for max-pool), binary deployment one. A violation raises SpikedetError naming the
 layer and the limit; the findings are returned for the report. Partial sums of fan-in splits
-(``mapping_split``) are bounded here too: the payload they need and whether a synapse may wrap.
+(``splits``) are bounded here too: the payload they need and whether a synapse may wrap.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from spikedet.deploy.mapping_geometry import SPIKING, HwEdge, levels_of, max_source_value
+from spikedet.deploy.mapping.geometry import SPIKING, HwEdge, levels_of, max_source_value
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QuantGraph

@@ -30,8 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from spikedet.errors import SpikedetError
-from spikedet.train.data.letterbox import (  # noqa: F401  (re-exported API)
+from spikedet.data.letterbox import (  # noqa: F401  (re-exported API)
     FLIP_P,
     MIN_BOX_SIDE,
     PAD_VALUE,
@@ -43,6 +42,7 @@ from spikedet.train.data.letterbox import (  # noqa: F401  (re-exported API)
     scale_jitter,
     to_original,
 )
+from spikedet.errors import SpikedetError
 
 
 class Sample(NamedTuple):

@@ -1,6 +1,6 @@
 /* One-pass decoder and checker for Prophesee .dat (EVT 2.0 "Event2D") records.
  *
- * spikedet.train.data.gen1.read_dat_body calls decode() once per chunk of raw records. Each
+ * spikedet.data.gen1.read_dat_body calls decode() once per chunk of raw records. Each
  * 8-byte record is two little-endian uint32 words: t (microseconds) and
  * w = x | y << 14 | p << 28 (x, y: 14 bits; bits 29-31 must be clear, so p is 0 or 1).
  * The output rows are EVENT_DTYPE (16 bytes): int64 t, then uint32 x | y << 16, then uint32 p

@@ -21,11 +21,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from spikedet.data.coco import to_original
+from spikedet.data.gen1 import SENSOR_HW
+from spikedet.data.gen1_labels import BBOX_DTYPE, CLASS_NAMES
 from spikedet.errors import SpikedetError
-from spikedet.train.data.coco import to_original
-from spikedet.train.data.gen1 import SENSOR_HW
-from spikedet.train.data.gen1_labels import BBOX_DTYPE, CLASS_NAMES
-from spikedet.train.evaluate import coco_map
+from spikedet.metrics.coco_map import coco_map
 
 SKIP_US = 500_000
 MIN_DIAG = 30.0

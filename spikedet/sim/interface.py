@@ -1,5 +1,7 @@
 """The engine interface: what every simulator of a QuantGraph returns, and how results compare.
 
+Every engine imports this module; the registry of engines by name is ``spikedet.sim.registry``.
+
 An engine executes docs/semantics.md §3 on integer input ``x_int`` ([B, C, H, W], presented at
 every logical step, or [T, B, C, H, W]) and reports per logical step the integer spikes of
 every spiking population (I-LIF, LIF, maxpool) and the final integrator value of every
@@ -8,7 +10,6 @@ readout.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,8 +17,6 @@ import numpy as np
 
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph
-
-ENGINE_NAMES = ("fixed", "lava", "reference")
 
 
 @dataclass
@@ -121,27 +120,3 @@ def compare(a: EngineResult, b: EngineResult) -> dict[str, Any]:
         "total_mismatches": int(total),
         "first_mismatch": report["first_mismatch"],
     }
-
-
-def get_engine(name: str, **options: Any) -> Engine:
-    """The engine called ``name``; heavy back ends (Lava, torch) are imported only here.
-
-    ``options`` go to the engine's constructor (the reference engine needs ``nir_graph``).
-    """
-    if name == "fixed":
-        from spikedet.sim.fixed import FixedEngine
-
-        return FixedEngine(**options)
-    if name == "reference":
-        from spikedet.sim.reference import ReferenceEngine
-
-        return ReferenceEngine(**options)
-    if name == "lava":
-        try:
-            module = importlib.import_module("spikedet.sim.lava_engine")
-        except ImportError as err:
-            raise SpikedetError(f"the lava engine cannot be loaded: {err}", "engine lava") from None
-        return module.LavaEngine(**options)
-    raise SpikedetError(
-        f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}", "engine"
-    )

@@ -1,7 +1,8 @@
 """Prophesee Gen1 events: ``<stem>_td.dat`` files (no torch; boxes are in ``gen1_labels``).
 
-``.dat`` layout (docs: /work/shared/reference/data_formats.md §1.2): ASCII header lines starting
-with ``%`` (``% Height``/``% Width`` optional, default 240 x 304), then 2 bytes (event type 0 or
+``.dat`` layout (Prophesee's "DAT File Format" documentation and
+prophesee-ai/prophesee-automotive-dataset-toolbox @ c09d34a, ``src/io/dat_events_tools.py``):
+ASCII header lines starting with ``%`` (``% Height``/``% Width`` optional, default 240 x 304), then 2 bytes (event type 0 or
 12, event size 8), then little-endian records ``uint32 t_us, uint32 w`` with
 ``x = w & 0x3FFF``, ``y = (w >> 14) & 0x3FFF``, ``p = (w >> 28) & 1`` and bits 29-31 zero.
 
@@ -34,7 +35,7 @@ import numpy as np
 from spikedet.errors import SpikedetError
 
 try:  # the one-pass C decoder (setup.py); without a compiler the numpy passes do the same
-    from spikedet.train.data import _datdecode
+    from spikedet.data import _datdecode
 except ImportError:  # pragma: no cover - depends on the install
     _datdecode = None
 

@@ -1,6 +1,7 @@
 """Prophesee Gen1 labels: ``<stem>_bbox.npy`` box files and the recording pairs (no torch).
 
-Both box dtypes of the real releases are read (reference data_formats.md §1.3): the toolbox
+Both box dtypes of the real releases are read (prophesee-ai/prophesee-automotive-dataset-toolbox @ c09d34a,
+``src/io/box_loading.py``, and the original 2020 release): the toolbox
 layout (40 bytes: ``t``, ..., ``class_confidence``) and the original packed one (33 bytes:
 ``ts``, ..., ``confidence``); every box array is normalised to ``BBOX_DTYPE``. A recording is a
 ``<stem>_td.dat`` (read by ``gen1``) paired with its ``<stem>_bbox.npy``.

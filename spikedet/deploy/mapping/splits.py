@@ -32,13 +32,13 @@ with g0 = 1) when its best grouping needs at most 1 / OPTIONAL_SPLIT_GAIN of its
 both estimated without the neurons' fan-out limit: half the cores for one more step of latency.
 
 Exactness: a partial sum is a sum of exact integers, and when no synapse can wrap (its bound
-stays under 2^23, checked in ``mapping_precision``) the neuron's sum of partial sums equals its
+stays under 2^23, checked in ``precision``) the neuron's sum of partial sums equals its
 §3.2 input a_t; the bias stays on the neuron. Payload: a partial sum is bounded by max over
 neurons of Σ |W_q| x (largest source value) over the group, which needs bit_length + 1 signed
 bits; a grouping whose payload exceeds the profile's graded messages is refused. Latency: the
 partial sum adds one hardware step on the paths through P; partial sums are computed in the
 step just before their neuron and the §3.3 delays of the other paths re-align them
-(``mapping_delays``), so depths and relays do not depend on the grouping.
+(``delays``), so depths and relays do not depend on the grouping.
 """
 
 from __future__ import annotations
@@ -47,27 +47,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spikedet.deploy.mapping_delays import local_graph, restrict
-from spikedet.deploy.mapping_figures import best_tile, grid_figures, layer_tiles, tile_count
-from spikedet.deploy.mapping_geometry import HwEdge, HwGraph, HwPop, window_max
-from spikedet.deploy.mapping_precision import may_wrap, partial_sum_bounds
+from spikedet.deploy.mapping.delays import local_graph
+from spikedet.deploy.mapping.edits import restrict
+from spikedet.deploy.mapping.geometry import HwEdge, HwGraph, HwPop, window_max
+from spikedet.deploy.mapping.precision import may_wrap, partial_sum_bounds
+from spikedet.deploy.mapping.psums import PsumPlan
+from spikedet.deploy.mapping.tiles import best_tile, grid_figures, layer_tiles, tile_count
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph
 
 OPTIONAL_SPLIT_GAIN = 2  # a layer that fits unsplit is split only for at least 2x fewer cores
-
-
-@dataclass
-class PsumPlan:
-    """One partial-sum population of a split layer."""
-
-    name: str
-    layer: str
-    dst_channels: tuple[int, int]  # the neuron channels [a, b) it sums for
-    sources: dict[str, tuple[int, int]]  # per source population, the channels [lo, hi) it reads
-    bound: int  # max |partial sum|
-    payload_bits: int  # signed bits of the graded message carrying it
 
 
 def _classes(edges: list[HwEdge], channels: int) -> list[tuple[int, int, list[HwEdge]]]:
@@ -168,7 +158,7 @@ def analyse_split(
     by greedy packing), or, with ``optional`` and a layer that fits, all of its classes
     (fewest = 1). None when nothing is to split: a max-pool or input-less layer, a layer that
     fits (unless ``optional``), or an optional split whose synapses might wrap (``cache``: the
-    weight magnitudes of ``mapping_precision``, shared between calls). Raises
+    weight magnitudes of ``precision``, shared between calls). Raises
     SpikedetError for a needed split that is impossible (one input channel exceeds a core, or
     a synapse may wrap so partial sums would not be exact)."""
     pop, edges = hw.pop(name), hw.incoming(name)
@@ -263,7 +253,7 @@ def layer_plans(
     input channels cut into that many contiguous groups balanced to equal loads. Raises
     SpikedetError when a partial sum's payload exceeds the profile's graded messages (unless
     ``check_payload`` is False: provisional plans only fix the graph's structure). With
-    ``exact`` False the plans carry a cheaper upper bound (``mapping_precision``; the exact one
+    ``exact`` False the plans carry a cheaper upper bound (``precision``; the exact one
     where that does not fit the payload): for comparing candidates, not for the mapping."""
     name, plans, cache = split.layer, [], {} if cache is None else cache
     caps = [profile.fan_in_axons, profile.synaptic_memory_bits]

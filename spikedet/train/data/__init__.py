@@ -1,1 +1,0 @@
-"""spikedet.train.data."""
