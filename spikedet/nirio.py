@@ -32,6 +32,9 @@ import h5py
 import nir
 import numpy as np
 
+from spikedet.errors import SpikedetError
+from spikedet.fileio import atomic_path
+
 # Arrays smaller than this are written and read plainly (the saving would not matter).
 CONSTANT_MIN_ELEMENTS = 4096
 # Arrays from this size on are chunked and their all-zero chunks left unwritten.
@@ -169,3 +172,21 @@ def read_graph(path: str | os.PathLike, type_check: bool = True) -> nir.NIRGraph
         raise ValueError("the graph holds a 'type_check' entry, which NIR does not allow")
     data["type_check"] = type_check
     return nir.dict2NIRNode(data)
+
+
+def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> None:
+    """Write ``graph`` atomically in ``nir.write``'s layout and check that it reads back with
+    type checking.
+
+    ``write_graph`` stores per-neuron arrays that repeat one value as HDF5
+    fill-value datasets (no bytes, no decompression; ``nir.read`` sees the same arrays) and
+    avoids ``nir.write``'s deep copy of the whole graph; the check reads the file back with
+    ``read_graph`` (``nir``'s own constructors and type check, constant arrays as
+    broadcast views), so a big model never needs its neuron arrays in memory.
+    """
+    with atomic_path(path, suffix=".nir") as tmp:
+        try:
+            write_graph(tmp, graph)
+            read_graph(tmp, type_check=True)
+        except (ValueError, TypeError, KeyError, AssertionError, OSError) as err:
+            raise SpikedetError(f"cannot write a readable NIR file: {err}", str(path)) from err

@@ -21,7 +21,7 @@ def test_help_lists_commands() -> None:
     out = run("--help")
     assert out.returncode == 0, out.stderr
     for module in COMMAND_MODULES:
-        name = module.rsplit(".", 1)[1].removesuffix("_cmd")
+        name = module.rsplit(".", 1)[1].removesuffix("_cmd").replace("_", "-")
         assert name in out.stdout
 
 
@@ -34,7 +34,7 @@ def test_console_script_help(core_python: Path) -> None:
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)
 def test_each_command_help(module: str) -> None:
-    name = module.rsplit(".", 1)[1].removesuffix("_cmd")
+    name = module.rsplit(".", 1)[1].removesuffix("_cmd").replace("_", "-")
     out = run(name, "--help")
     assert out.returncode == 0, out.stderr
 

@@ -23,6 +23,7 @@ PARAM_TABLE = {
     "ems-res18": (9.34, 9_343_370),
     "ems-res34": (14.40, 14_399_306),
     "ems-res34-coco": (25.449, 25_449_022),  # resnet34-cat, nc=80: 25.449M
+    "ems-res34-cat": (25.449, 25_449_022),  # the same, with the official SiLU head layers
 }
 
 
@@ -40,6 +41,7 @@ def test_model_names_and_defaults():
         "ems-res18",
         "ems-res34",
         "ems-res34-coco",
+        "ems-res34-cat",
         "ems-pico",
     }
     for name in ("ems-res10", "ems-res18", "ems-res34"):
@@ -47,6 +49,8 @@ def test_model_names_and_defaults():
         assert (cfg["nc"], cfg["T"], cfg["family"]) == (2, 5, "ee")
     coco = ems_config("ems-res34-coco")
     assert (coco["nc"], coco["T"], coco["family"]) == (80, 4, "full")
+    released = ems_config("ems-res34-cat")  # the released checkpoint: T = 5, SiLU head
+    assert (released["T"], released["head"], coco.get("head", "lcb")) == (5, "silu", "lcb")
     assert n_params(build_ems("ems-pico")) < 500_000
     # nc=80 half-width counts from the reference table
     assert n_params(build_ems("ems-res10", nc=80)) == 6_387_230

@@ -158,13 +158,13 @@ def test_energy_arithmetic_equals_hand_formula() -> None:
     assert (a["firing_rate"], a["synops_graded"], h["synops_binary"]) == (1.0, 1, 2)
     g, b = rep["modes"]["graded"], rep["modes"]["binary"]
     assert (g["hw_steps"], b["hw_steps"]) == (3, 6)  # max depth 2 + T, and 2 + T*D
-    static_step = 104 * 1 * 13 * 1e3  # mW x chips x us -> pJ
+    static_step = 232.078 * 1 * 152.8 * 1e3  # mW x chips x us -> pJ (Loihi 2 silicon)
     assert g["energy_static_pj"] == pytest.approx(3 * static_step)
     assert b["energy_static_pj"] == pytest.approx(6 * static_step)
     dyn = 2 * (es + ea + ei + em)
     assert g["energy_total_pj"] == pytest.approx(dyn + 3 * static_step)
-    assert g["inferences_per_s"] == pytest.approx(1e6 / (3 * 13))
-    assert g["power_mw"] == pytest.approx((dyn + 3 * static_step) * 1e-9 / (3 * 13e-6))
+    assert g["inferences_per_s"] == pytest.approx(1e6 / (3 * 152.8))
+    assert g["power_mw"] == pytest.approx((dyn + 3 * static_step) * 1e-9 / (3 * 152.8e-6))
     assert (
         rep["totals"]["mode"] == "graded"
         and rep["totals"]["energy_total_pj"] == g["energy_total_pj"]

@@ -17,10 +17,15 @@ from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QInput, QPopulation, QSynapse, QuantGraph
 
 
-def make_profile(tmp_path: Path | None = None, **limits) -> HardwareProfile:
-    """loihi2 with some figures replaced: keys like neurons_per_core=64 (section found by name)."""
+def make_profile(tmp_path: Path | None = None, core_model=False, **limits) -> HardwareProfile:
+    """loihi2 with some figures replaced: keys like neurons_per_core=64 (section found by name).
+
+    Without ``core_model`` its connectivity and partition sections are dropped: the generic
+    tile search (every connection per source neuron and weight) is what these tests pin."""
     data = yaml.safe_load(Path(load_profile("loihi2").path).read_text())
     data["name"] = "tight"
+    if not core_model:
+        data.pop("connectivity"), data.pop("partition")
     for key, value in limits.items():
         section = next(s for s, body in data.items() if isinstance(body, dict) and key in body)
         data[section][key]["value"] = value

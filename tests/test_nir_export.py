@@ -409,8 +409,23 @@ def test_executor_generic_primitives():
     xs = torch.randn(5, 2, 3, 4)
     res = NIRExecutor(flat, device="cpu").run(xs, T=2, record=True)
     assert torch.equal(res.node_outputs["out"][1], xs.flatten(1))
+    NIRExecutor(_cuba_graph())  # CubaLIF runs since issue 16 (docs/semantics.md §4.3)
+    odd = nir.NIRGraph(
+        {"in": nir.Input(np.array([2])), "x": _OddNode(), "out": nir.Output(np.array([2]))},
+        [("in", "x"), ("x", "out")],
+        type_check=False,
+    )
     with pytest.raises(SpikedetError, match="unsupported NIR node type"):
-        NIRExecutor(_cuba_graph())
+        NIRExecutor(odd)
+
+
+class _OddNode(nir.NIRNode):
+    """A node type no executor knows."""
+
+    def __init__(self) -> None:
+        self.input_type = {"input": np.array([2])}
+        self.output_type = {"output": np.array([2])}
+        self.metadata = {}
 
 
 def _cuba_graph() -> nir.NIRGraph:

@@ -49,10 +49,15 @@ def test_builtin_values_match_the_reference() -> None:
     assert (l1.e_synop_pj, l1.e_neuron_active_pj, l1.e_neuron_inactive_pj) == (23.6, 81, 52)
     assert l1.figure("energy.synop").status == "pre-silicon"
     assert l1.delay_bits == 6 and l1.weight_bits == 9 and not l1.conv_weight_sharing
-    assert l2.neurons_per_core == 8192 and l2.weight_bits == 8 and l2.message_bits == 24
+    # Loihi 2: calibrated on Lava's compiler tables and PilotNet silicon (issue 15)
+    assert l2.neurons_per_core == 4096 and l2.weight_bits == 8 and l2.message_bits == 24
     assert l2.state_bits == 24 and l2.decay_bits == 12 and l2.delay_bits == 6
-    assert l2.figure("core.synaptic_memory").status == "assumed"
-    assert l2.figure("precision.conv_weight_sharing").status == "assumed"
+    assert l2.synaptic_memory_bits == 12000 * 64
+    assert l2.figure("core.synaptic_memory").status == "derived"
+    assert l2.figure("precision.conv_weight_sharing").status == "derived"
+    assert l2.figure("chip.static_power").status == "measured" and l2.static_power_mw == 232.078
+    assert l2.figure("timing.step_time").status == "measured" and l2.step_time_us == 152.8
+    assert l2.figure("core.fan_in_axons").status == "assumed"
     assert l2.figure("energy.synop").status == "assumed"
     assert "proxy" in l2.figure("energy.synop").source
     assert any("0.75 V" in n for n in l2.notices) and any("0.75 V" in n for n in l1.notices)

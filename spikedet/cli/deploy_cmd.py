@@ -40,10 +40,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=2, help="images run through Lava (default 2)")
     p.add_argument("--batch", type=int, default=32, help="images per fixed-engine batch")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the dataset's images on the fixed engine (results identical "
+        "to one process; default 1)",
+    )
+    p.add_argument(
         "--no-reference",
         dest="reference",
         action="store_false",
         help="skip the float reference (torch) validation",
+    )
+    g = p.add_argument_group(
+        "any NIR network (docs/semantics.md §4)",
+        "deploy on an input array instead of a detection dataset; conventions a third-party "
+        "file cannot carry are options, and each value assumed is named in one warning line",
+    )
+    g.add_argument(
+        "--input",
+        type=Path,
+        help="input [T, B, *input_shape] as .npy, .npz (key 'input', optional 'labels') or a "
+        "NIR data file (TimeGriddedData of the Input node)",
+    )
+    g.add_argument(
+        "--labels", type=Path, help="class indices [B] (.npy): accuracy of the output layer"
+    )
+    g.add_argument(
+        "--dt", type=float, help="Euler step in seconds (default: graph metadata dt, else 1e-4)"
+    )
+    g.add_argument(
+        "--reset",
+        choices=("zero", "subtract"),
+        help="LIF/IF reset: to v_reset (zero, default) or v - v_threshold (subtract)",
+    )
+    g.add_argument(
+        "--input-scale",
+        type=float,
+        help="x_int = x * scale must be 8-bit integers (default: metadata, else 1)",
     )
     p.add_argument("--out", type=Path, default=Path("runs/deploy"), help="report folder")
     p.set_defaults(func=run)
@@ -63,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
             samples=args.samples,
             batch=args.batch,
+            workers=args.workers,
             reference=args.reference,
+            input=args.input,
+            labels=args.labels,
+            dt=args.dt,
+            reset=args.reset,
+            input_scale=args.input_scale,
         )
     )
     return 0

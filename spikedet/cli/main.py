@@ -24,7 +24,10 @@ COMMAND_MODULES = (
     "spikedet.cli.model_cmd",
     "spikedet.cli.train_cmd",
     "spikedet.cli.export_cmd",
+    "spikedet.cli.import_cmd",
+    "spikedet.cli.import_weights_cmd",
     "spikedet.cli.deploy_cmd",
+    "spikedet.cli.map_cmd",
     "spikedet.cli.report_cmd",
     "spikedet.cli.demo_cmd",
 )

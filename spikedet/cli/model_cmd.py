@@ -79,6 +79,9 @@ def model_info(name: str, imgsz: int | None = None) -> dict[str, Any]:
         }
         for r in prof.rows
     ]
+    from spikedet.train.paper_flops import paper_flops
+
+    flops = paper_flops(model, size)  # the papers' count, on the re-parameterised graph
     return {
         "model": name,
         "imgsz": size,
@@ -86,6 +89,7 @@ def model_info(name: str, imgsz: int | None = None) -> dict[str, Any]:
         "params": prof.params,
         "macs": prof.macs,
         "macs_real_input": prof.mac_macs,
+        "paper_flops": {k: flops[k] for k in ("flops", "mac_flops", "ac_flops")},
         "layers": layers,
     }
 
@@ -113,6 +117,13 @@ def format_table(info: dict[str, Any]) -> str:
         f"({info['macs'] / 1e9:.3f} G), of which on real-valued inputs "
         f"{info['macs_real_input']:,}; T = {info['T']} (a whole inference does T x the MACs)"
     )
+    pf = info.get("paper_flops")
+    if pf:
+        lines.append(
+            f"papers' FLOPs (re-parameterised graph, padding included, per step): "
+            f"{pf['flops']:,} ({pf['flops'] / 1e9:.3f} G): {pf['mac_flops']:,} as MAC (real "
+            f"input), {pf['ac_flops']:,} as AC (spikes; x firing rate x T in the papers' energy)"
+        )
     return "\n".join(lines)
 
 

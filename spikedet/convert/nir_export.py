@@ -21,7 +21,6 @@ steps (folded convs, input-channel slices, pools, embeddings) it was composed fr
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import nir
@@ -38,8 +37,7 @@ from spikedet.convert.nir_builder import (  # noqa: F401 - re-exported API
 from spikedet.convert.nir_format import FORMAT_VERSION, input_encoding
 from spikedet.convert.nir_nodes import INPUT_NODE, extensions_json  # noqa: F401
 from spikedet.errors import SpikedetError
-from spikedet.fileio import atomic_path
-from spikedet.nirio import read_graph, write_graph
+from spikedet.nirio import write_nir  # noqa: F401  (re-exported: the writer callers use)
 
 # Model attributes the exporter reads (besides ``trace``), per head type (§2.4).
 MODEL_ATTRIBUTES = {
@@ -157,24 +155,6 @@ def _check_everything_traced(model: nn.Module, builder: NIRBuilder) -> None:
                 "(the export would drop it)",
                 name,
             )
-
-
-def write_nir(graph: nir.NIRGraph, path: str | os.PathLike) -> None:
-    """Write ``graph`` atomically in ``nir.write``'s layout and check that it reads back with
-    type checking.
-
-    ``spikedet.nirio.write_graph`` stores per-neuron arrays that repeat one value as HDF5
-    fill-value datasets (no bytes, no decompression; ``nir.read`` sees the same arrays) and
-    avoids ``nir.write``'s deep copy of the whole graph; the check reads the file back with
-    ``spikedet.nirio.read_graph`` (``nir``'s own constructors and type check, constant arrays as
-    broadcast views), so a big model never needs its neuron arrays in memory.
-    """
-    with atomic_path(path, suffix=".nir") as tmp:
-        try:
-            write_graph(tmp, graph)
-            read_graph(tmp, type_check=True)
-        except (ValueError, TypeError, KeyError, AssertionError, OSError) as err:
-            raise SpikedetError(f"cannot write a readable NIR file: {err}", str(path)) from err
 
 
 def parameter_coverage(model: nn.Module, graph: nir.NIRGraph) -> dict[str, Any]:

@@ -41,14 +41,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikedet.convert import nir_steps
 from spikedet.convert.nir_format import check_format, meta_str, pool_spec
+from spikedet.deploy.nir_flat import flatten, split_edges
 from spikedet.errors import SpikedetError
 from spikedet.nirio import read_graph
 
 _SUPPORTED = (
     nir.Input, nir.Output, nir.Conv2d, nir.Affine, nir.Linear, nir.Scale, nir.Threshold,
     nir.LI, nir.I, nir.LIF, nir.IF, nir.Flatten, nir.SumPool2d,
+    nir.Conv1d, nir.AvgPool2d, nir.Delay, nir.CubaLI, nir.CubaLIF,
 )  # fmt: skip
+NEURON_KINDS = ("LIF", "IF", "CubaLIF", "Threshold")  # spiking nodes of a third-party graph
+READOUT_KINDS = ("I", "LI", "CubaLI")
 
 
 def load_nir(path: str | os.PathLike) -> nir.NIRGraph:
@@ -84,43 +89,47 @@ class NIRExecutor(nn.Module):
         graph: nir.NIRGraph,
         device: str | torch.device | None = None,
         dtype: torch.dtype = torch.float32,
+        dt: float | None = None,
+        reset: str = "zero",
     ):
         super().__init__()
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = dtype
-        self.names: list[str] = list(graph.nodes)
+        nodes, edges = flatten(graph)  # nested subgraphs inlined (§4.1)
+        self.names: list[str] = list(nodes)
         self.kinds: dict[str, str] = {}
-        for name, node in graph.nodes.items():
+        for name, node in nodes.items():
             if not isinstance(node, _SUPPORTED):
                 raise SpikedetError(f"unsupported NIR node type {type(node).__name__}", name)
             self.kinds[name] = type(node).__name__
         metadata = graph.metadata if isinstance(graph.metadata, dict) else {}
         self.extensions = check_format(graph, metadata)
-        self.dt = float(metadata.get("dt", 1e-4))
+        # dt: the caller's (--dt), else the graph's, else 1e-4 (spikedet's own graphs carry it)
+        self.dt = float(dt if dt is not None else metadata.get("dt", 1e-4))
+        self.reset = reset
+        # a graph without spikedet metadata: its neuron nodes are the populations (§4)
+        self.generic = "spikedet.format" not in metadata and "spikedet.T" not in metadata
         self.default_T = int(metadata["spikedet.T"]) if "spikedet.T" in metadata else None
         self.inputs = [n for n in self.names if self.kinds[n] == "Input"]
         if not self.inputs:
             raise SpikedetError("graph has no Input node", "NIR graph")
-        for src, dst in graph.edges:
-            if src not in graph.nodes or dst not in graph.nodes:
-                raise SpikedetError(f"edge ({src}, {dst}) names a missing node", "NIR graph")
-        self.forward_in, self.recurrent_in = _split_edges(self.names, graph.edges, self.inputs)
+        self.forward_in, self.recurrent_in = split_edges(self.names, edges, self.inputs)
         self.order = _topological_order(self.names, self.forward_in)
         self.recurrent_sources = sorted({s for srcs in self.recurrent_in.values() for s in srcs})
         self.input_shapes = {
-            n: tuple(int(v) for v in np.asarray(graph.nodes[n].input_type["input"]).reshape(-1))
+            n: tuple(int(v) for v in np.asarray(nodes[n].input_type["input"]).reshape(-1))
             for n in self.inputs
         }
         self.static: dict[str, dict[str, Any]] = {}
         self._buffer_names: dict[str, dict[str, str]] = {}
         for index, name in enumerate(self.names):
-            self._prepare(index, name, graph.nodes[name])
-        self.populations = self._find_populations(graph)
+            self._prepare(index, name, nodes[name])
+        self.populations = self._find_populations(nodes, edges)
         self.readout_means = {
-            n: meta_str(graph.nodes[n].metadata, "spikedet.readout") == "mean"
+            n: meta_str(nodes[n].metadata, "spikedet.readout") == "mean"
             for n in self.names
-            if self.kinds[n] == "I"
+            if self.kinds[n] in (READOUT_KINDS if self.generic else ("I",))
         }
         self.to(device)
 
@@ -137,7 +146,9 @@ class NIRExecutor(nn.Module):
 
     def _prepare(self, index: int, name: str, node: nir.NIRNode) -> None:
         kind = self.kinds[name]
-        if kind == "Conv2d":
+        if kind in nir_steps.EXTRA_KINDS:
+            nir_steps.prepare(self, index, name, node)
+        elif kind == "Conv2d":
             self._tensor(index, name, "weight", node.weight)
             self._tensor(index, name, "bias", node.bias)
             padding = node.padding if isinstance(node.padding, str) else _pair(node.padding)
@@ -171,19 +182,19 @@ class NIRExecutor(nn.Module):
             if self.static[name]["op"] == "sum":  # ones per channel: exact integer sums
                 self._tensor(index, name, "ones", np.ones((1, 1, *self.static[name]["kernel"])))
 
-    def _find_populations(self, graph: nir.NIRGraph) -> dict[str, list[str]]:
+    def _find_populations(self, nodes: dict, edges: list) -> dict[str, list[str]]:
         """Population name -> the nodes whose summed output is its spike count: an I-LIF's
         Threshold nodes (name = LI node without ``.li``), an EMS LIF node (without ``.lif``),
         a max-pooled population's ``M.q{k}`` nodes (name ``M``)."""
         pops: dict[str, list[str]] = {}
         for name in self.names:
-            neuron = meta_str(graph.nodes[name].metadata, "spikedet.neuron")
+            neuron = meta_str(nodes[name].metadata, "spikedet.neuron")
             kind = self.kinds[name]
-            if kind == "LI" and neuron == "ilif":
+            if self.generic and kind in NEURON_KINDS:
+                pops[name] = [name]
+            elif kind == "LI" and neuron == "ilif":
                 pop = name[: -len(".li")] if name.endswith(".li") else name
-                pops[pop] = [
-                    d for s, d in graph.edges if s == name and self.kinds[d] == "Threshold"
-                ]
+                pops[pop] = [d for s, d in edges if s == name and self.kinds[d] == "Threshold"]
                 if not pops[pop]:
                     raise SpikedetError("I-LIF population has no Threshold nodes", name)
             elif kind == "LIF" and neuron == "lif":
@@ -272,6 +283,8 @@ class NIRExecutor(nn.Module):
         kind = self.kinds[name]
         if kind == "Output":
             return x
+        if kind in nir_steps.EXTRA_KINDS:
+            return nir_steps.step(self, name, x, state)
         if kind == "Conv2d":
             return F.conv2d(x, self._p(name, "weight"), self._p(name, "bias"), **self.static[name])
         if kind == "Affine":
@@ -300,9 +313,7 @@ class NIRExecutor(nn.Module):
         if kind in ("LI", "I"):
             state[name] = v
             return v
-        fired = v > self._p(name, "v_threshold")
-        state[name] = torch.where(fired, self._p(name, "v_reset").expand_as(v), v)
-        return fired.to(self.dtype)
+        return nir_steps.fire(self, name, v, state)
 
     def _pool(self, name: str, x: Tensor) -> Tensor:
         """A SumPool2d node: plain sum pooling, or one of the §2.8 extension ops."""
@@ -327,42 +338,6 @@ def _pair(value: Any) -> tuple[int, int]:
     return (int(arr[0]), int(arr[0])) if arr.size == 1 else (int(arr[0]), int(arr[1]))
 
 
-def _split_edges(
-    names: list[str], edges: list[tuple[str, str]], inputs: list[str]
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Classify edges by an iterative DFS from the Input nodes: an edge into a node still on
-    the DFS stack closes a cycle and is recurrent; every node must be reachable."""
-    succ: dict[str, list[str]] = {n: [] for n in names}
-    for src, dst in edges:
-        succ[src].append(dst)
-    forward_in: dict[str, list[str]] = {n: [] for n in names}
-    recurrent_in: dict[str, list[str]] = {n: [] for n in names}
-    color = dict.fromkeys(names, 0)  # 0 unseen, 1 on the stack, 2 done
-    for root in inputs:
-        if color[root]:
-            continue
-        color[root] = 1
-        stack = [(root, iter(succ[root]))]
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                color[node] = 2
-                stack.pop()
-                continue
-            if color[child] == 1:
-                recurrent_in[child].append(node)
-                continue
-            forward_in[child].append(node)
-            if color[child] == 0:
-                color[child] = 1
-                stack.append((child, iter(succ[child])))
-    unreachable = [n for n in names if color[n] == 0]
-    if unreachable:
-        raise SpikedetError(f"nodes not reachable from an Input: {unreachable[:5]}", "NIR graph")
-    return forward_in, recurrent_in
-
-
 def _topological_order(names: list[str], forward_in: dict[str, list[str]]) -> list[str]:
     """Kahn's algorithm over the forward edges, ties broken by node order (deterministic)."""
     pending = {n: len(forward_in[n]) for n in names}
@@ -381,6 +356,6 @@ def _topological_order(names: list[str], forward_in: dict[str, list[str]]) -> li
             if pending[dst] == 0:
                 ready.append(dst)
         ready.sort(key=rank.__getitem__)
-    if len(order) != len(names):  # cannot happen after _split_edges; kept as a guard
+    if len(order) != len(names):  # cannot happen after split_edges; kept as a guard
         raise SpikedetError("forward edges contain a cycle", "NIR graph")
     return order

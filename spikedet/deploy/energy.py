@@ -37,6 +37,7 @@ from spikedet.deploy.energy_activity import (
 from spikedet.deploy.mapping.geometry import HwGraph
 from spikedet.deploy.mapping.mapper import Mapping, hardware_graph
 from spikedet.deploy.mapping.tiles import reach, unit_intervals
+from spikedet.deploy.paper_energy import paper_energy
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph
@@ -58,6 +59,7 @@ TARGET_KEYS = (
     "timing.step_time",
 )
 CMOS_KEYS = ("energy.mac", "energy.ac")
+MAPPING_SECTIONS = ("core", "connectivity", "partition")
 
 
 def _layer_type(qg: QuantGraph, name: str) -> str:
@@ -225,7 +227,9 @@ def energy_report(
         }
     default = "graded" if modes["graded"]["supported"] else "binary"
     cmos_part = _cmos45(qg, activity, cmos, modes[default]["energy_total_pj"])
-    provenance = profile.provenance(list(TARGET_KEYS)) + cmos.provenance(list(CMOS_KEYS))
+    # every figure used: energy, and the core limits and core model the mapping obeyed
+    used = [*TARGET_KEYS, *(k for k in profile.figures if k.split(".")[0] in MAPPING_SECTIONS)]
+    provenance = profile.provenance(used) + cmos.provenance(list(CMOS_KEYS))
     return {
         "model": qg.metadata.get("spikedet.model", qg.metadata.get("model", "unknown")),
         "target": profile.name,
@@ -286,4 +290,5 @@ def _cmos45(qg: QuantGraph, activity: Activity, cmos: HardwareProfile, target_pj
         "ann45_over_target": ann_pj / target_pj if target_pj else None,
         "e_mac_pj": cmos.e_mac_pj,
         "e_ac_pj": cmos.e_ac_pj,
+        "papers": paper_energy(activity, T, cmos.e_mac_pj, cmos.e_ac_pj),
     }

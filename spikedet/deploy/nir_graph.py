@@ -22,8 +22,8 @@ import numpy as np
 
 from spikedet.errors import SpikedetError
 
-POP_KINDS = ("ilif", "lif", "maxpool", "readout")
-SPIKING_KINDS = ("ilif", "lif", "maxpool")  # kinds a synapse or a max-pool may read
+POP_KINDS = ("ilif", "lif", "maxpool", "readout", "cuba")
+SPIKING_KINDS = ("ilif", "lif", "maxpool", "cuba")  # kinds a synapse or a max-pool may read
 
 
 def require(ok: Any, what: str, where: str) -> None:
@@ -46,10 +46,13 @@ class FPopulation:
     """A float population.
 
     - ``ilif``: u = β·(u − s) + α·x, s = round(clip(u, 0, D));
-    - ``lif``: u = β·u·(1 − s) + α·x, s = [u > threshold] (D = 1);
+    - ``lif``: u = β·u·(1 − s) + α·x, s = [u > threshold] (D = 1; β = 1: NIR IF);
     - ``maxpool``: s = maxpool(s of ``src``) over ``pool_kernel`` / ``pool_stride`` /
       ``pool_padding`` (zero padding), D = the source's D; no synapse, β and α unused;
-    - ``readout``: v = v + α·x, never leaks (``beta`` is ignored).
+    - ``readout``: v = v + α·x, never leaks (``beta`` is ignored);
+    - ``cuba`` (§4.3, NIR CubaLIF without Lava integers): i = β_syn·i + x,
+      v = β·v·(1 − s) + α·i + v_bias, s = [v > threshold]; with ``loihi`` (§3.6) the
+      integers are given and the float fields are unused.
     """
 
     name: str
@@ -63,6 +66,9 @@ class FPopulation:
     pool_kernel: tuple[int, int] = (1, 1)
     pool_stride: tuple[int, int] = (1, 1)
     pool_padding: tuple[int, int] = (0, 0)
+    loihi: dict | None = None  # cuba: Lava's exact integers (NIR metadata "loihi", §3.6)
+    beta_syn: float = 0.0  # cuba: decay of the synaptic current (0: no current memory)
+    v_bias: float = 0.0  # cuba: added to v every step (NIR (dt/tau_mem)·v_leak)
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(v) for v in self.shape)  # type: ignore[assignment]
@@ -75,12 +81,15 @@ class FPopulation:
         levels = kind in ("ilif", "maxpool")
         require(not levels or 1 <= int(self.D) <= 255, f"D must be in 1..255, got {self.D}", where)
         require(kind != "lif" or int(self.D) == 1, f"a lif has D = 1, got {self.D}", where)
-        decays = kind in ("ilif", "lif")
-        ok = not decays or 0 <= self.beta < 1
+        require(kind != "cuba" or int(self.D) == 1, f"a cuba has D = 1, got {self.D}", where)
+        decays = kind in ("ilif", "lif") or (kind == "cuba" and self.loihi is None)
+        # beta = 1: a lif / cuba without leak (NIR IF, §4.3); an I-LIF always leaks
+        ok = not decays or 0 <= self.beta < 1 or (kind != "ilif" and self.beta == 1)
+        ok = ok and 0 <= self.beta_syn < 1
         require(ok, f"beta must be in [0, 1), got {self.beta}", where)
         ok = math.isfinite(self.alpha) and self.alpha > 0
         require(ok, f"alpha must be positive and finite, got {self.alpha}", where)
-        ok = kind != "lif" or math.isfinite(self.threshold)
+        ok = kind not in ("lif", "cuba") or math.isfinite(self.threshold + self.v_bias)
         require(ok, f"threshold must be finite, got {self.threshold}", where)
         if kind == "maxpool":
             require(self.src, "a maxpool population needs its source population", where)
@@ -107,6 +116,7 @@ class FSynapse:
     groups: int = 1
     out_offset: int = 0  # first destination channel written (§2.7)
     upsample: int = 1  # nearest-neighbour factor applied to the conv output (§2.8)
+    lag: int = 0  # logical steps: dst at step t reads src at t - lag (recurrent edges, §4.4)
 
     def __post_init__(self) -> None:
         self.weight = np.array(self.weight, dtype=np.float64)  # a copy: never alias NIR arrays
@@ -118,7 +128,9 @@ class FSynapse:
             int(self.out_offset),
             int(self.upsample),
         )
+        self.lag = int(self.lag)
         where, w = f"synapse {self.name}", self.weight
+        require(self.lag >= 0, f"lag {self.lag} < 0", where)
         require(w.ndim == 4, f"conv weight must be 4-D, got {w.shape}", where)
         finite = np.all(np.isfinite(w)) and np.all(np.isfinite(self.bias))
         require(finite, "conv weight or bias holds NaN/inf", where)
@@ -170,7 +182,8 @@ class FloatGraph:
             where = f"synapse {s.name}"
             known = s.src in order and s.dst in order and s.dst != "input"
             require(known, f"unknown endpoint {s.src} -> {s.dst}", where)
-            require(order[s.src] < order[s.dst], "populations not in topological order", where)
+            ok = order[s.src] < order[s.dst] or s.lag >= 1  # a lagged synapse may point back
+            require(ok, "populations not in topological order", where)
             ok = s.src == "input" or self.pop(s.src).kind in SPIKING_KINDS
             require(ok, "a readout cannot be a synapse source", where)
             dst = self.pop(s.dst)

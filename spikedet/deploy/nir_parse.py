@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any
 
 import nir
@@ -29,10 +28,10 @@ import numpy as np
 
 from spikedet.deploy.nir_conv import ConvReader
 from spikedet.deploy.nir_graph import FloatGraph, FPopulation, one_line, plain
+from spikedet.deploy.nir_maxpool import PARAM_TOL, MaxPoolReader
 from spikedet.errors import SpikedetError
 
 DEFAULT_DT = 1e-4  # §2: every tau and r is expressed at this Euler step unless metadata says
-PARAM_TOL = 1e-6  # recovered beta/alpha vs metadata, threshold offsets, reset scale
 UNIFORM_RTOL = 1e-7  # per-neuron arrays must hold one value (float32 export noise allowed)
 FORMAT_VERSION = 2  # graph metadata spikedet.format (§2); 1 = no §2.5-2.9 constructs
 EXTENSION_OPS = ("upsample_nearest", "max_pool")  # §2.8
@@ -44,7 +43,6 @@ _KNOWN_TYPES = (
     nir.Input, nir.Output, nir.Conv2d, nir.LI, nir.LIF, nir.Threshold, nir.Scale, nir.I,
     nir.SumPool2d,
 )  # fmt: skip
-_LEVEL_NAME = re.compile(r"^(?P<pop>.+)\.q(?P<k>[0-9]+)$")
 
 
 def parse_graph(graph: nir.NIRGraph, where: str = "graph") -> FloatGraph:
@@ -52,7 +50,7 @@ def parse_graph(graph: nir.NIRGraph, where: str = "graph") -> FloatGraph:
     return _Parser(graph, where).parse()
 
 
-class _Parser(ConvReader):
+class _Parser(ConvReader, MaxPoolReader):
     """One pass over a NIRGraph; keeps the adjacency and the node -> population maps."""
 
     def __init__(self, graph: nir.NIRGraph, where: str):
@@ -329,83 +327,3 @@ class _Parser(ConvReader):
         need(n not in self.pops and n != "input", f"population name {n!r} is used twice", n)
         self.pops[n] = FPopulation(n, "readout", shape, beta=1.0, alpha=r * self.dt)
         self.pop_of_node[n] = n
-
-    def parse_maxpools(self) -> None:
-        """§2.7b: group the ``spikedet.neuron = "maxpool"`` Thresholds ``M.q{k}`` by ``M`` and
-        parse each group once its source population is known (chains are allowed)."""
-        groups: dict[str, dict[int, str]] = {}
-        for q in self.nodes:
-            meta = plain(self.nodes[q].metadata or {}) if self.kind(q) == "Threshold" else {}
-            if meta.get("spikedet.neuron") != "maxpool":
-                continue
-            match = _LEVEL_NAME.match(q)
-            self.need(match, "a maxpool Threshold must be named <population>.q<k>", q)
-            k = int(match["k"])
-            self.need(int(meta.get("spikedet.bit", -1)) == k, f"spikedet.bit is not {k}", q)
-            groups.setdefault(match["pop"], {})[k] = q
-        pending = dict(groups)
-        while pending:
-            ready = [m for m, levels in pending.items() if self.pool_source(levels) in self.pops]
-            if not ready:
-                m, levels = next(iter(pending.items()))
-                src = self.pool_source(levels)
-                self.need(
-                    False, f"max-pool source {src} is not a spiking population", levels[min(levels)]
-                )
-            for m in ready:
-                self.parse_maxpool(m, pending.pop(m))
-
-    def pool_source(self, levels: dict[int, str]) -> str | None:
-        """The population read (through its pooling) by the lowest level of a max-pool group."""
-        q = levels[min(levels)]
-        pools = self.preds[q]
-        if len(pools) != 1 or len(self.preds[pools[0]]) != 1:
-            return None
-        return self.spike_owner.get(self.preds[pools[0]][0])
-
-    def parse_maxpool(self, name: str, levels: dict[int, str]) -> None:
-        """M.q{k} <- Threshold(½) <- M.pool{k} (SumPool2d) <- level k of the source, k = 1..D."""
-        need = self.need
-        src = self.pool_source(levels)
-        source = self.pops[src]
-        src_levels = self.spike_nodes[src]
-        first = levels[min(levels)]
-        ok = sorted(levels) == list(range(1, len(src_levels) + 1))
-        what = f"levels {sorted(levels)} of max-pool {name} do not match the {len(src_levels)}"
-        need(ok, f"{what} levels of its source {src}", first)
-        params, pools = None, []
-        for k, q in sorted(levels.items()):
-            (pool,) = self.preds[q] if len(self.preds[q]) == 1 else (None,)
-            ok = pool is not None and self.kind(pool) == "SumPool2d" and self.op(pool) is None
-            need(ok, "a maxpool Threshold must read one SumPool2d (without spikedet.op)", q)
-            ok = self.preds[pool] == [src_levels[k - 1]] and self.succs[pool] == [q]
-            what = f"pooling must read only {src_levels[k - 1]} (level {k} of {src})"
-            need(ok, f"{what} and feed only {q}", pool)
-            node = self.nodes[pool]
-            here = tuple(
-                self.pair_of(getattr(node, f), f, pool)
-                for f in ("kernel_size", "stride", "padding")
-            )
-            need(params in (None, here), f"pooling {here} differs from level 1 {params}", pool)
-            params = here
-            thr, thr_shape = self.uniform(self.nodes[q].threshold, "threshold", q)
-            need(abs(thr - 0.5) <= PARAM_TOL, f"maxpool threshold {thr:.6g} is not 0.5", q)
-            self.check_readers(q, (), "Threshold")
-            pools.append(pool)
-        kernel, stride, padding = params
-        need(
-            min(kernel) >= 1 and min(stride) >= 1 and min(padding) >= 0,
-            f"bad pooling {params}",
-            pools[0],
-        )
-        c, h, w = source.shape
-        oh, ow = ((n + 2 * p - k) // s + 1 for n, k, s, p in zip((h, w), kernel, stride, padding))
-        need(min(oh, ow) >= 1, f"max-pool of {source.shape} by {params} is empty", pools[0])
-        for q in levels.values():
-            ok = self.uniform(self.nodes[q].threshold, "threshold", q)[1] in ((), (1,), (c, oh, ow))
-            need(ok, f"threshold shape is not the pooled shape {(c, oh, ow)}", q)
-        pop = FPopulation(
-            name, "maxpool", (c, oh, ow), D=source.D, src=src,
-            pool_kernel=kernel, pool_stride=stride, pool_padding=padding,
-        )  # fmt: skip
-        self.add_spiking(pop, [levels[k] for k in sorted(levels)], pools)

@@ -44,9 +44,16 @@ class DeployOptions:
     split: str = "val"
     samples: int = 2
     batch: int = 32
+    workers: int = 1  # processes for the fixed engine (spikedet.deploy.shard)
     reference: bool = True
     conf_thres: float = 0.001
     iou_thres: float | None = None  # None: the head type's default (NMS_IOU)
+    # the generic path (spikedet.deploy.generic): an input array instead of a dataset
+    input: Path | None = None
+    labels: Path | None = None
+    dt: float | None = None  # None: graph metadata dt, else assumed (warned)
+    reset: str | None = None  # zero / subtract; None: graph metadata, else zero (warned)
+    input_scale: float | None = None
 
 
 def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int, metadata: dict):
@@ -54,7 +61,10 @@ def _load_images(opts: DeployOptions, imgsz: int, input_scale: float, T: int, me
     gets): [N, C, H, W] frames for COCO, [T, N, C, H, W] event bins for Gen1 in the
     representation the model was trained on (graph metadata ``spikedet.input``)."""
     if opts.data is None:
-        raise SpikedetError("deploy needs --data DIR to simulate and validate", "deploy")
+        raise SpikedetError(
+            "deploy needs --data DIR (a detection dataset) or --input FILE (an input array)",
+            "deploy",
+        )
     if opts.dataset not in ("coco", "gen1"):
         raise SpikedetError(f"dataset must be coco or gen1, got {opts.dataset!r}", "--dataset")
     if opts.dataset == "coco":
@@ -131,22 +141,6 @@ def _slice(result, n: int):
     )
 
 
-def _run_batched(engine, qg, x_int: np.ndarray, batch: int):
-    """Run an engine over the images in batches and concatenate along the batch axis."""
-    from spikedet.sim.interface import EngineResult
-
-    n = x_int.shape[_batch_axis(x_int)]
-    parts = [engine.run(qg, _take(x_int, i, i + batch)) for i in range(0, n, batch)]
-    return EngineResult(
-        spikes={k: np.concatenate([p.spikes[k] for p in parts], axis=1) for k in parts[0].spikes},
-        readouts={
-            k: np.concatenate([p.readouts[k] for p in parts], axis=0) for k in parts[0].readouts
-        },
-        wall_s=sum(p.wall_s for p in parts),
-        engine=parts[0].engine,
-    )
-
-
 def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     """Run the whole deploy stage and write ``opts.out/report.{json,md}`` plus plots."""
     from spikedet.deploy.energy import count_activity, energy_report
@@ -155,14 +149,25 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     from spikedet.deploy.profiles import load_profile, resolve_target
     from spikedet.deploy.quantize import quantize
     from spikedet.deploy.report import summary_table, write_report
+    from spikedet.deploy.shard import run_fixed
     from spikedet.sim.interface import compare, readout_floats
     from spikedet.sim.registry import get_engine
 
     if opts.engine not in ENGINES:
         raise SpikedetError(f"unknown engine {opts.engine!r}; choose one of {ENGINES}", "--engine")
+    if opts.workers < 1:
+        raise SpikedetError(f"workers must be >= 1, got {opts.workers}", "--workers")
     nir_path = Path(opts.nir_path)
     if not nir_path.is_file():
         raise SpikedetError("NIR file not found", str(nir_path))
+    if opts.input is not None:  # any NIR network on an input array (docs/semantics.md §4)
+        if opts.workers != 1:
+            raise SpikedetError("--workers applies to a detection dataset (--data)", "--workers")
+        from spikedet.deploy.generic import run_generic_deploy
+
+        return run_generic_deploy(opts, log)
+    if opts.labels is not None:
+        raise SpikedetError("--labels goes with --input", "--labels")
     profile = resolve_target(opts.target)
     cmos = load_profile("cmos45nm")
     # Ask for Lava up front: an unavailable engine is an error, never a silent fallback.
@@ -193,8 +198,7 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     imgsz = int(fg.head["imgsz"])
     ds, x_float, x_int = _load_images(opts, imgsz, fg.input_scale, qg.T, fg.metadata)
     n_samples = x_int.shape[_batch_axis(x_int)]
-    fixed = get_engine("fixed")
-    fixed_res = _run_batched(fixed, qg, x_int, opts.batch)
+    fixed_res = run_fixed(qg, x_int, opts.batch, opts.workers)  # exact in any sharding
     fixed_map = _score(ds, fg.head, readout_floats(qg, fixed_res), opts)
     log(
         f"[deploy] fixed engine: {n_samples} images in {fixed_res.wall_s:.2f} s, "

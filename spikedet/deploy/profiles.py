@@ -5,8 +5,10 @@ A profile file has ``name``, ``description``, ``kind`` ("neuromorphic" or "cmos"
 mapping ``{value, unit, status, source}``:
 
 - ``status`` is ``measured`` (published for fabricated silicon: a measurement or the documented
-  architecture of the shipped chip), ``pre-silicon`` (published design-time simulation) or
-  ``assumed`` (not published for this target; the ``source`` says why the value was chosen);
+  architecture of the shipped chip), ``derived`` (computed by us from published figures of the
+  target, e.g. fitted to its compiler's output; the ``source`` says how), ``pre-silicon``
+  (published design-time simulation) or ``assumed`` (not published for this target; the
+  ``source`` says why the value was chosen);
 - ``unit`` must suit the figure: memory in bits/bytes/KiB/MiB, energy in fJ/pJ/nJ, power in
   uW/mW/W, time in ns/us/ms/s; the accessors return canonical units (bits, pJ, mW, us).
 
@@ -19,7 +21,10 @@ Required figures (``section.key``) by kind::
                   timing.step_time
     cmos:         energy.mac, energy.ac
 
-Other sections (e.g. ``alternatives``) may hold further figures in the same form; they are
+Optional, for a connectivity-aware core model (Loihi 2, ``CoreModel``): all of
+``connectivity.{word_bits,dense_synapse_bits,conv_header_words,conv_axons_per_edge}`` and
+``partition.neurons`` (with optional per-kind budgets ``partition.neurons_<kind>``). Other
+sections (e.g. ``alternatives``) may hold further figures in the same form; they are
 validated and shown in reports but not used. Built-in profiles ship as the package
 ``spikedet.hardware_profiles``; a path to a user YAML file works wherever a name does.
 """
@@ -34,9 +39,15 @@ from typing import Any
 
 import yaml
 
+from spikedet.deploy.core_model import (
+    CORE_MODEL_KEYS,
+    PARTITION_KINDS,
+    CoreModel,
+    build_core_model,
+)
 from spikedet.errors import SpikedetError
 
-STATUSES = ("measured", "pre-silicon", "assumed")
+STATUSES = ("measured", "derived", "pre-silicon", "assumed")
 KINDS = ("neuromorphic", "cmos")
 
 # unit -> factor to the canonical unit of its quantity
@@ -74,6 +85,7 @@ _CMOS: dict[str, tuple[str, type, float]] = {
     "energy.ac": ("energy", float, 0),
 }
 REQUIRED = {"neuromorphic": _NEURO, "cmos": _CMOS}
+
 TARGET_ALIASES = {"loihi2-sim": "loihi2", "loihi1-sim": "loihi1"}
 
 
@@ -116,7 +128,7 @@ class HardwareProfile:
     def get(self, key: str) -> float | int | bool:
         """The value of ``key`` in its canonical unit (bits, pJ, mW, us; counts as given)."""
         fig = self.figure(key)
-        spec = {**_NEURO, **_CMOS}.get(key)
+        spec = {**_NEURO, **_CMOS, **CORE_MODEL_KEYS}.get(key)
         quantity = spec[0] if spec else _quantity_of_unit(fig.unit)
         if quantity in ("count", "flag", "bits", None) or isinstance(fig.value, bool):
             return fig.value
@@ -182,6 +194,14 @@ class HardwareProfile:
     def conv_weight_sharing(self) -> bool:
         """Conv kernels stored once per core (``precision.conv_weight_sharing``)."""
         return bool(self.get("precision.conv_weight_sharing"))
+
+    @property
+    def core_model(self) -> CoreModel | None:
+        """The connectivity-aware core model, or None (every connection charged per source
+        neuron and per weight, the Loihi 1 model)."""
+        if "connectivity.word_bits" not in self.figures:
+            return None
+        return build_core_model(lambda key: self.get(key), set(self.figures))
 
     @property
     def e_synop_pj(self) -> float:
@@ -302,10 +322,21 @@ def parse_profile(data: Any, where: str) -> HardwareProfile:
             raise SpikedetError(f"{section}: expected a mapping of figures", where)
         for key, raw in body.items():
             full = f"{section}.{key}"
-            figures[full] = _check_figure(full, raw, required.get(full), where)
+            spec = required.get(full) or CORE_MODEL_KEYS.get(full)
+            if spec is None and full.startswith("partition.neurons_"):
+                if full[len("partition.neurons_") :] not in PARTITION_KINDS:
+                    raise SpikedetError(
+                        f"{full}: unknown population kind; use one of {PARTITION_KINDS}", where
+                    )
+                spec = ("count", int, 1)
+            figures[full] = _check_figure(full, raw, spec, where)
     for full in required:
         if full not in figures:
             raise SpikedetError(f"{full}: missing", where)
+    if kind == "neuromorphic" and any(k in figures for k in CORE_MODEL_KEYS):
+        for full in CORE_MODEL_KEYS:  # a partial core model is an error, not a fallback
+            if full not in figures:
+                raise SpikedetError(f"{full}: missing (the core model needs all of it)", where)
     return HardwareProfile(
         name=data["name"].strip(),
         description=" ".join(data["description"].split()),

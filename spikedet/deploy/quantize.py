@@ -23,6 +23,8 @@ from fractions import Fraction
 import numpy as np
 
 from spikedet.deploy.nir_graph import FloatGraph, FPopulation, plain
+from spikedet.deploy.quantize_cuba import loihi_population
+from spikedet.deploy.quantize_nir import float_cuba_population
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QInput, QPopulation, QSynapse, QuantGraph
 
@@ -44,6 +46,8 @@ def assign_depths(
     delay(e) = depth(dst e) - depth(src e) - 1 (the extra steps beyond the one-step synapse
     latency that align every input of P on the same logical step). ``populations`` must be in
     topological order; a delay above ``max_delay`` is a SpikedetError naming the synapse.
+    A synapse with a logical ``lag`` L (§4.4) gets delay(e) + L; a self-synapse (lag >= 1, the
+    only backward synapse allowed) does not count for depth(P) and gets L - 1.
     """
     depth = {"input": 0}
     for pop in populations:
@@ -55,7 +59,8 @@ def assign_depths(
             pop.depth = depth[pop.src] + 1
             depth[pop.name] = pop.depth
             continue
-        incoming = [s for s in synapses if s.dst == pop.name]
+        # backward synapses (lag >= 1 from this or a later population) do not set the depth
+        incoming = [s for s in synapses if s.dst == pop.name and (s.src in depth or not s.lag)]
         if not incoming:
             raise SpikedetError("population has no incoming synapse", f"population {pop.name}")
         for s in incoming:
@@ -68,7 +73,19 @@ def assign_depths(
     for s in synapses:
         if s.dst not in depth:
             raise SpikedetError(f"unknown destination {s.dst}", f"synapse {s.name}")
-        s.delay = depth[s.dst] - depth[s.src] - 1
+        s.delay = depth[s.dst] - depth[s.src] - 1 + s.lag
+        if s.delay < 0:  # a backward synapse between populations: a loop of several synapses
+            raise SpikedetError(
+                f"closes a cycle whose synapses need {depth[s.src] - depth[s.dst] + 1} steps on "
+                f"the hardware but the graph delays it by {s.lag}: add a Delay node",
+                f"synapse {s.name}",
+            )
+        if s.lag and s.src != s.dst and depth[s.src] >= depth[s.dst]:
+            raise SpikedetError(
+                "closes a cycle through several populations; the integer engines run "
+                "recurrence within one population only",
+                f"synapse {s.name}",
+            )
         if max_delay is not None and s.delay > max_delay:
             raise SpikedetError(
                 f"needs a delay of {s.delay} steps, above the limit of {max_delay}",
@@ -166,6 +183,14 @@ def quantize(
             qpops.append(_maxpool_population(pop))
             continue
         incoming = [s for s in fg.synapses if s.dst == pop.name]
+        if pop.kind == "cuba":  # Lava's exact integers (§3.6) or a NIR CubaLIF (§4.5)
+            if pop.loihi is not None:
+                qpop, cuba_syns = loihi_population(pop, incoming, fg.input_scale)
+            else:
+                qpop, cuba_syns = float_cuba_population(pop, incoming, input_scale, w_max)
+            qpops.append(qpop)
+            qsyn_by_name.update({s.name: s for s in cuba_syns})
+            continue
         # alpha folded in; the input arrives multiplied by input_scale, so its weights shrink.
         folded = [
             (s, s.weight * pop.alpha / (input_scale if s.src == "input" else 1)) for s in incoming
@@ -232,6 +257,8 @@ def quantize(
             )
         )
     qsyns = [qsyn_by_name[s.name] for s in fg.synapses]
+    for s, q in zip(fg.synapses, qsyns):
+        q.lag = s.lag  # NIR recurrent edges and Delay nodes (§4.4)
     assign_depths(qpops, qsyns, max_delay)
     max_d = max((p.D for p in qpops if p.kind != "readout"), default=1)
     return QuantGraph(

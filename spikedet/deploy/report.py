@@ -226,6 +226,16 @@ def render_markdown(report: dict) -> str:
             ],
         ],
     )
+    if "papers" in c45:  # each paper's own formula (spikedet.deploy.paper_energy)
+        pe = c45["papers"]
+        lines += [
+            "",
+            f"The papers' own accounting: FLOPs {pe['flops_per_step']:,} per step "
+            f"({pe['mac_flops_per_step']:,} MAC, {pe['ac_flops_per_step']:,} AC), SOPs "
+            f"{pe['sops']:,.0f}; SpikeYOLO {pe['spikeyolo']['formula']} = "
+            f"{pe['spikeyolo']['energy_pj'] / 1e9:.4g} mJ; EMS-YOLO (Eq. 6) "
+            f"{pe['ems_yolo']['formula']} = {pe['ems_yolo']['energy_pj'] / 1e9:.4g} mJ.",
+        ]
     lines += [
         f"E_MAC = {c45['e_mac_pj']} pJ, E_AC = {c45['e_ac_pj']} pJ; ANN / SNN (45 nm) = "
         f"{fmt(c45['ann_over_snn45'])}; ANN (45 nm) / target = "

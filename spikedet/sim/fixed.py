@@ -4,14 +4,17 @@ Thanks to the §3.3 alignment (every synapse delivers its source's logical step 
 destination's logical step t), the hardware pipeline equals a layer-by-layer evaluation in
 logical time: each population in topological order gets all T steps of its synaptic input at
 once (one batched convolution over T*B samples), then runs its T-step neuron recurrence
-(I-LIF, LIF or readout). A maxpool population is the integer max-pool of its source's spikes
-at the same logical step (its one hardware step of latency is in its depth). A synapse's
-wrapped output is repeated ``upsample`` x ``upsample`` and added into its channel range.
+(I-LIF, LIF, readout; ``cuba`` in ``spikedet.sim.fixed_cuba``). A maxpool population is the
+integer max-pool of its source's spikes at the same logical step (its one hardware step of
+latency is in its depth). A synapse's wrapped output is repeated ``upsample`` x ``upsample``
+and added into its channel range.
 
-Convolution: one float32 / float64 BLAS GEMM over im2col columns. Every operand is an integer
-and every partial sum is bounded by max|W| * max|x| * fan-in; below 2^24 (float32) or 2^53
-(float64) they are held exactly in any summation order, so the GEMM result is the exact
-integer. Above the bound an int64 matmul runs. Scratch buffers are reused (``Workspace``).
+Convolution (``spikedet.sim.fixed_conv``): one float32 / float64 BLAS GEMM over im2col
+columns, exact because every partial sum is an integer below 2^24 (2^53); depthwise convs as
+banded GEMMs (``fixed_depthwise``). Per graph (``fixed_plan``) the engine prepares every
+weight once and computes each distinct conv (same source, geometry and integer weights) once
+per run, its wrapped output reused by every synapse that has it. Scratch buffers are reused
+(``Workspace``). Currents are int32 (each term is a 24-bit value; up to 255 terms).
 """
 
 from __future__ import annotations
@@ -19,49 +22,27 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from spikedet.sim.fixed_conv import Workspace, conv_int, prepare_conv, wrap24
+from spikedet.sim.fixed_cuba import run_cuba
+from spikedet.sim.fixed_lagged import run_lagged
+from spikedet.sim.fixed_plan import GraphPlan, PlanCache, SharedOutputs, source_peak
+from spikedet.sim.fixed_pool import max_pool_int
 from spikedet.sim.interface import EngineResult, check_input
-from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QPopulation, QSynapse, QuantGraph
+from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QPopulation, QuantGraph
+
+__all__ = [
+    "FixedEngine",
+    "Workspace",
+    "conv_int",
+    "max_pool_int",
+    "run_population",
+    "source_peak",
+    "state_dtype",
+    "wrap24",
+]
 
 STATE_MAX = (1 << (STATE_BITS - 1)) - 1  # clip24 bound: +-(2^23 - 1)
-EXACT_FLOAT32_BOUND = 1 << 24
-EXACT_FLOAT_BOUND = 1 << 53  # largest magnitude below which every float64 integer is exact
-
-
-class Workspace:
-    """Scratch arrays reused across layers and runs: one flat buffer per (role, dtype), grown to
-    the largest size asked for, handed out as a contiguous view of the requested shape.
-
-    A fresh large numpy array is fresh memory pages, and their page faults cost as much as the
-    engine's arithmetic; reusing buffers removes them while holding only the largest layer's
-    size per role. The next request of a role overwrites its data, so a role names one use
-    that is live at a time.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple[str, str], np.ndarray] = {}
-
-    def get(self, role: str, shape: tuple, dtype: type) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        shape = tuple(int(v) for v in shape)
-        size = int(np.prod(shape, dtype=np.int64))
-        buf = self._buffers.get((role, dtype.str))
-        if buf is None or buf.size < size:
-            buf = self._buffers[(role, dtype.str)] = np.empty(max(size, 1), dtype=dtype)
-        return buf[:size].reshape(shape)
-
-
-def wrap24(x: np.ndarray, inplace: bool = False) -> np.ndarray:
-    """((x + 2^23) mod 2^24) - 2^23: Lava's Conv output wraps to signed 24 bits (int64 ``x``,
-    updated in place with ``inplace``)."""
-    half = 1 << (STATE_BITS - 1)
-    if not inplace:
-        return ((x + half) & ((1 << STATE_BITS) - 1)) - half
-    x += half
-    x &= (1 << STATE_BITS) - 1
-    x -= half
-    return x
 
 
 def clip24(x: np.ndarray) -> np.ndarray:
@@ -95,165 +76,60 @@ def spike_levels(u: np.ndarray, theta: int, levels: int) -> np.ndarray:
     return np.clip((u + (theta // 2 - 1)) // theta, 0, levels)
 
 
-def conv_int(
-    x: np.ndarray,
-    syn: QSynapse,
-    max_elements: int = 1 << 24,
-    peak: int | None = None,
-    out: np.ndarray | None = None,
-    workspace: Workspace | None = None,
-) -> np.ndarray:
-    """Exact integer cross-correlation of ``x`` [N, Cin, H, W] with ``syn``: int64 [N, Cout, H', W'].
-
-    Not wrapped. Every partial sum is an integer of magnitude <= max|W| * max|x| * fan-in;
-    below 2^24 (2^53) float32 (float64) holds all of them exactly, so BLAS in any summation
-    order gives the exact integer (above: int64 matmul). The input is cast, zero-padded and
-    put channels first ([Cin, m, H + 2p, W + 2p]) in one copy; a conv is then one GEMM over
-    K-major im2col columns [g, Cin_g*KH*KW, m*H'*W'] (one BLAS call: many small ones stall on
-    thread hand-offs when the cores are busy), a depthwise conv a multiply-add per tap without
-    BLAS. ``max_elements`` bounds the column buffer (the batch is processed in chunks);
-    ``peak`` is a bound on |x| the caller knows (spikes <= D, input < 2^bits), saving a pass
-    over ``x``. The result goes to ``out`` when given; scratch buffers come from
-    ``workspace`` (a private one by default).
-    """
-    weight = syn.weight
-    cout, cin_g, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = syn.stride, syn.padding
-    n, cin, h, w = x.shape
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    if out is None:
-        out = np.empty((n, cout, ho, wo), dtype=np.int64)
-    if n == 0 or ho < 1 or wo < 1:
-        return out
-    ws = workspace if workspace is not None else Workspace()
-    peak_w = int(np.abs(weight).max()) if weight.size else 0
-    peak_x = peak if peak is not None else int(np.abs(x).max()) if x.size else 0
-    bound = peak_w * peak_x * cin_g * kh * kw
-    dtype = (
-        np.float32
-        if bound < EXACT_FLOAT32_BOUND
-        else np.float64
-        if bound < EXACT_FLOAT_BOUND
-        else np.int64
-    )
-    depthwise = cin_g == 1 and syn.groups > 1
-    chunk = max(1, max_elements // max(cin * (1 if depthwise else kh * kw) * ho * wo, 1))
-    for start in range(0, n, chunk):
-        part = x[start : start + chunk]
-        xs = ws.get("conv.input", (cin, part.shape[0], h + 2 * ph, w + 2 * pw), dtype)
-        if ph or pw:
-            xs.fill(0)
-        xs[:, :, ph : ph + h, pw : pw + w] = part.transpose(1, 0, 2, 3)
-        conv = _conv_depthwise if depthwise else _conv_gemm
-        prod = conv(xs, weight.astype(dtype), syn.groups, (sh, sw), (ho, wo), ws)
-        # [Cout, m, H', W'] -> [m, Cout, H', W']; exact integers: the cast is lossless
-        out[start : start + part.shape[0]] = prod.transpose(1, 0, 2, 3)
-    return out
-
-
-def _tap(xs: np.ndarray, i: int, j: int, stride: tuple, out_hw: tuple) -> np.ndarray:
-    """The input seen by kernel tap (i, j): a strided view [Cin, m, H', W'] of ``xs``."""
-    (sh, sw), (ho, wo) = stride, out_hw
-    return xs[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-
-
-def _conv_gemm(
-    xs: np.ndarray, weight: np.ndarray, groups: int, stride: tuple, out_hw: tuple, ws: Workspace
-) -> np.ndarray:
-    """W_g [Cout_g, Cin_g*KH*KW] @ columns_g: [Cout, m, H', W'].
-
-    The columns are one strided copy of the sliding windows into a buffer reused across
-    layers and runs.
-    """
-    cin, m = xs.shape[:2]
-    cout, cin_g, kh, kw = weight.shape
-    (sh, sw), (ho, wo), k = stride, out_hw, cin_g * kh * kw
-    cols = ws.get("conv.columns", (groups, k, m * ho * wo), xs.dtype)
-    # windows [Cin, m, H', W', KH, KW] (a view) -> columns [g, Cin_g, KH, KW, m, H', W']
-    win = sliding_window_view(xs, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
-    win = win.reshape(groups, cin_g, m, ho, wo, kh, kw).transpose(0, 1, 5, 6, 2, 3, 4)
-    np.copyto(cols.reshape(groups, cin_g, kh, kw, m, ho, wo), win)
-    prod = ws.get("conv.product", (groups, cout // groups, m * ho * wo), xs.dtype)
-    np.matmul(weight.reshape(groups, cout // groups, k), cols, out=prod)
-    return prod.reshape(cout, m, ho, wo)
-
-
-def _conv_depthwise(
-    xs: np.ndarray, weight: np.ndarray, groups: int, stride: tuple, out_hw: tuple, ws: Workspace
-) -> np.ndarray:
-    """One input channel per group: sum over taps of W[:, 0, i, j] * tap, elementwise."""
-    cin, m = xs.shape[:2]
-    cout, _, kh, kw = weight.shape
-    ho, wo = out_hw
-    per = cout // groups  # outputs per input channel
-    acc = ws.get("conv.product", (groups, per, m, ho, wo), xs.dtype)
-    term = ws.get("conv.term", acc.shape, xs.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            scale = weight[:, 0, i, j].reshape(groups, per, 1, 1, 1)
-            view = _tap(xs, i, j, stride, out_hw)[:, None]  # [g, 1, m, H', W']
-            np.multiply(scale, view, out=acc if i == j == 0 else term)
-            if i or j:
-                acc += term
-    return acc.reshape(cout, m, ho, wo)
-
-
-def max_pool_int(spikes: np.ndarray, pop: QPopulation) -> np.ndarray:
-    """Integer max-pool of ``spikes`` [..., C, H, W] over ``pop``'s window with zero padding
-    (neutral: spikes are >= 0). The window max is separable: first along W, then along H, each
-    as a running ``np.maximum`` over the kernel's strided shifts."""
-    (kh, kw), (sh, sw), (ph, pw) = pop.pool_kernel, pop.pool_stride, pop.pool_padding
-    h, w = spikes.shape[-2:]
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    pad = [(0, 0)] * (spikes.ndim - 2) + [(ph, ph), (pw, pw)]
-    padded = np.pad(spikes, pad) if ph or pw else spikes
-    rows = padded[..., 0 : sw * (wo - 1) + 1 : sw].copy()
-    for j in range(1, kw):
-        np.maximum(rows, padded[..., j : j + sw * (wo - 1) + 1 : sw], out=rows)
-    out = rows[..., 0 : sh * (ho - 1) + 1 : sh, :].copy()
-    for i in range(1, kh):
-        np.maximum(out, rows[..., i : i + sh * (ho - 1) + 1 : sh, :], out=out)
-    return out
-
-
-def source_peak(qg: QuantGraph, src: str) -> int:
-    """The largest value a source sends: 2^bits - 1 for the input, D for spikes."""
-    return (1 << qg.input.bits) - 1 if src == "input" else qg.pop(src).D
-
-
 def population_input(
     qg: QuantGraph,
     pop: QPopulation,
     outputs: dict[str, np.ndarray],
     batch: int,
     workspace: Workspace | None = None,
+    plan: GraphPlan | None = None,
+    shared: SharedOutputs | None = None,
 ) -> np.ndarray:
-    """a_t = sum_e place(up(wrap24(conv(W_e, s_src(e),t)))): int64 [T', B, C, H, W] where
-    up repeats the map f x f (``upsample``) and place adds it into channels ``out_offset`` ..
+    """a_t = sum_e place(up(wrap24(conv(W_e, s_src(e),t)))): [T', B, C, H, W] where up repeats
+    the map f x f (``upsample``) and place adds it into channels ``out_offset`` ..
     ``out_offset + Cout - 1``. T' = 1 when every source is a static input (the same current at
-    every step), else T. With a ``workspace`` the result is its buffer, valid until the next
-    call."""
+    every step), else T. int32 (every term is a 24-bit value) below 256 terms, else int64.
+    With a ``workspace`` the result is its buffer, valid until the next call. With a ``plan``
+    (``fixed_plan``) the prepared weights are used, and with ``shared`` a conv that several
+    synapses have is computed once per run."""
     ws = workspace if workspace is not None else Workspace()
     incoming = qg.incoming(pop.name)
     steps = max(outputs[syn.src].shape[0] for syn in incoming)
-    total = ws.get("current", (steps, batch, *pop.shape), np.int64)
+    dtype = np.int32 if len(incoming) < 256 else np.int64
+    total = ws.get("current", (steps, batch, *pop.shape), dtype)
     empty = True  # nothing written to ``total`` yet
     for syn in incoming:
         src = outputs[syn.src]  # [T', B, C, H, W], T' = 1 for a static input
-        src_steps, peak = src.shape[0], source_peak(qg, syn.src)
-        flat = src.reshape(src_steps * batch, *src.shape[2:])
+        src_steps = src.shape[0]
+        found = plan.conv(syn) if plan is not None else None
+        index, conv = found if found else (-1, prepare_conv(syn, source_peak(qg, syn.src)))
         shape = (src_steps * batch, *syn.output_shape(src.shape[2:]))
         shape = (*shape[:2], shape[2] // syn.upsample, shape[3] // syn.upsample)
         whole = syn.upsample == 1 and shape[1] == pop.shape[0] and src_steps == steps
-        # the first full-size term is written straight into the sum (no zeros, no add)
-        part = total.reshape(shape) if empty and whole else ws.get("term", shape, np.int64)
-        conv_int(flat, syn, peak=peak, out=part, workspace=ws)
-        # |sum| <= max|W| * max|s| * fan-in; below 2^23 the 24-bit wrap cannot change it.
-        fan_in = syn.weight[0].size
-        bound = int(np.abs(syn.weight).max(initial=0)) * peak * fan_in
-        if bound >= 1 << (STATE_BITS - 1):
-            wrap24(part, inplace=True)
+        reuse = shared is not None and index >= 0 and plan.uses[index] > 1
+        part = shared.get(index) if reuse else None
+        # the first full-size term of an unshared conv is written straight into the sum
+        direct = (
+            empty and whole and not reuse and np.dtype(conv.out_dtype).itemsize <= total.itemsize
+        )
+        if part is None:
+            if direct:
+                part = total.reshape(shape)
+            elif reuse:  # kept until its last synapse has used it
+                part = np.empty(shape, conv.out_dtype)
+            else:
+                part = ws.get("term", shape, conv.out_dtype)
+            flat = src.reshape(src_steps * batch, *src.shape[2:])
+            conv_int(flat, None, out=part, workspace=ws, prepared=conv)
+            if conv.wrap:  # else |sum| < 2^23: the 24-bit wrap cannot change it
+                wrap24(part, inplace=True)
+            if reuse:
+                shared.put(index, part)
+        if reuse:
+            shared.used(index)
         if empty and whole:
+            if not direct:
+                np.copyto(total.reshape(shape), part)
             empty = False
             continue
         if empty:
@@ -320,7 +196,8 @@ def run_population(
             state += bias
             np.clip(state, -STATE_MAX, STATE_MAX, out=state)
         return state
-    spikes = np.empty((steps, *current.shape[1:]), dtype=np.int64)
+    # spikes are 0..D (D <= 255): int8 / int16 hold them, 1/8 or 1/4 of int64's memory
+    spikes = np.empty((steps, *current.shape[1:]), dtype=np.int8 if pop.D < 128 else np.int16)
     dtype = state_dtype(pop, current_bound)
     state = ws.get("state", current.shape[1:], dtype)
     state.fill(0)
@@ -334,7 +211,7 @@ def run_population(
                 np.equal(spikes[t - 1], 0, out=scratch)
                 state *= scratch
             else:
-                np.multiply(spikes[t - 1], pop.theta, out=scratch)
+                np.multiply(spikes[t - 1], pop.theta, out=scratch, dtype=scratch.dtype)
                 state -= scratch
             if shift >= 0:
                 _shift_decay(state, shift, scratch)
@@ -361,8 +238,10 @@ class FixedEngine:
 
     name = "fixed"
 
-    def __init__(self) -> None:
+    def __init__(self, record_states: bool = False) -> None:
         self.workspace = Workspace()
+        self.plans = PlanCache()  # per graph: prepared weights, distinct convs (fixed_plan)
+        self.record_states = record_states  # cuba u, v per step in info["states"] (§3.6)
 
     def available(self) -> tuple[bool, str]:
         return True, f"numpy {np.__version__}"
@@ -374,14 +253,27 @@ class FixedEngine:
         outputs: dict[str, np.ndarray] = {"input": x}
         spikes: dict[str, np.ndarray] = {}
         readouts: dict[str, np.ndarray] = {}
+        states: dict[str, dict[str, np.ndarray]] = {}
+        plan = self.plans.get(qg)
+        shared = SharedOutputs(plan)
         for pop in qg.populations:
             if pop.kind == "maxpool":
                 spikes[pop.name] = outputs[pop.name] = max_pool_int(outputs[pop.src], pop)
                 continue
-            current = population_input(qg, pop, outputs, batch, self.workspace)
-            # every incoming term is a wrapped (or provably unwrapped) 24-bit value
-            bound = len(qg.incoming(pop.name)) << (STATE_BITS - 1)
-            result = run_population(pop, current, qg.T, self.workspace, current_bound=bound)
+            lagged = any(s.lag for s in qg.incoming(pop.name))  # NIR recurrence, Delay (§4.4)
+            current = (
+                None
+                if lagged
+                else population_input(qg, pop, outputs, batch, self.workspace, plan, shared)
+            )
+            bound = len(qg.incoming(pop.name)) << (STATE_BITS - 1)  # each term: a 24-bit value
+            if lagged:
+                result = run_lagged(qg, pop, outputs, batch, self)
+            elif pop.kind == "cuba":
+                record = states.setdefault(pop.name, {}) if self.record_states else None
+                result = run_cuba(pop, current, qg.T, record)
+            else:
+                result = run_population(pop, current, qg.T, self.workspace, current_bound=bound)
             if pop.kind == "readout":
                 readouts[pop.name] = result
             else:
@@ -399,5 +291,6 @@ class FixedEngine:
                 "hw_steps": qg.hw_steps,
                 "neurons": neurons,
                 "s_per_step_per_sample": wall / (qg.T * batch),
+                **({"states": states} if self.record_states else {}),
             },
         )

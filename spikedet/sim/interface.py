@@ -21,7 +21,8 @@ from spikedet.sim.qgraph import QuantGraph
 
 @dataclass
 class EngineResult:
-    """Spikes int64 [T, B, C, H, W] per spiking population (ilif, lif, maxpool); readout
+    """Spikes [T, B, C, H, W] per spiking population (ilif, lif, maxpool; integers: int64, or
+    int8 / int16 from the ``fixed`` engine's I-LIF, LIF and maxpool populations); readout
     v_{T-1} int64 [B, C, H, W] per readout population."""
 
     spikes: dict[str, np.ndarray]

@@ -59,9 +59,13 @@ class LavaEngine:
 
     name = "lava"
 
-    def __init__(self, python: str | None = None, timeout_s: float = 1800):
+    def __init__(
+        self, python: str | None = None, timeout_s: float = 1800, record_states: tuple = ()
+    ):
         self._python = Path(python) if python else None
         self.timeout_s = float(timeout_s)
+        # populations computed by Lava's LIF whose u and v come back in info["states"] (§3.8)
+        self.record_states = tuple(record_states)
 
     @property
     def python(self) -> Path:
@@ -114,6 +118,7 @@ class LavaEngine:
             str(x_path),
             "--out",
             str(out),
+            *(["--states", ",".join(self.record_states)] if self.record_states else []),
         ]
         env = dict(os.environ)
         # The worker must run this checkout's spikedet, whatever the Lava interpreter has installed.
@@ -168,4 +173,7 @@ def _load_result(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarra
                 spikes[key[len("spike__") :]] = z[key].astype(np.int64)
             elif key.startswith("readout__"):
                 readouts[key[len("readout__") :]] = z[key].astype(np.int64)
+            elif key.startswith("state__"):
+                _, quantity, pop = key.split("__", 2)
+                info.setdefault("states", {}).setdefault(pop, {})[quantity] = z[key]
     return spikes, readouts, info

@@ -1,17 +1,13 @@
-"""Our Lava processes for a QuantGraph (those Lava does not have; synapses are Lava's ``Conv``):
-graded input, I-LIF / LIF / max-pool / readout populations, delays and synapse fan-out.
+"""Our Lava processes for a QuantGraph, for what Lava has no exact process of its own (docs
+§3.8; synapses are Lava's ``Conv`` / ``Dense``, cuba neurons Lava's ``LIFReset``): graded input,
+I-LIF / LIF / max-pool / readout populations, delays and synapse fan-out.
 
-Import this module only inside ``.venv-lava`` (Python 3.10, lava-nc 0.10.0); it never imports
-torch. Each process declares *what* it holds (ports and Vars, Lava layout (X, Y, C) = (W, H, C));
-its ``fixed_pt`` process model implements *how* one hardware step updates it, bit for bit as
-docs/semantics.md §3.2-§3.3.
-
-Several samples run back to back in one network: hardware step ``g`` (0-based) belongs to
-sample ``g // period`` at in-sample step ``h = g % period`` with ``period = qg.hw_steps``.
-Populations hold zero state outside their window ``depth <= h < depth + T`` (§3.3: idle before
-their depth), which also clears them between samples; the Conv buffers and the delay rings are
-empty at a sample boundary because every source is silent in the last step(s) of a period (see
-``lava_worker``), so each sample sees a freshly reset network.
+Import only inside ``.venv-lava`` (Python 3.10, lava-nc 0.10.0); never imports torch. Each process
+declares *what* it holds (ports, Vars; Lava layout (X, Y, C) = (W, H, C)); its ``fixed_pt`` model
+*how* one hardware step updates it, bit for bit as docs/semantics.md §3.2-§3.3. Samples run back
+to back: hardware step ``g`` (0-based) is sample ``g // period``, in-sample step
+``h = g % period``; a population holds zero state and sends zeros outside its window
+``depth <= h < depth + T`` (§3.3: idle before its depth), which also clears it between samples.
 """
 
 from __future__ import annotations
@@ -45,10 +41,8 @@ def ilif_update(
     D: int,
     dv: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One I-LIF step (§3.2), int64 throughout; returns (u_t, s_t).
-
-    u_t = clip24(decay(u_{t-1} − θ·s_{t-1}) + a_t + b),  s_t = clip(⌊(u_t + θ/2 − 1)/θ⌋, 0, D).
-    """
+    """One I-LIF step (§3.2, int64) -> (u_t, s_t): u_t = clip24(decay(u_{t-1} − θ·s_{t-1}) + a_t
+    + b), s_t = clip(⌊(u_t + θ/2 − 1)/θ⌋, 0, D)."""
     decayed = decay12(u_prev - theta * s_prev, dv)
     u_new = np.clip(decayed + a_in + bias, -STATE_LIMIT, STATE_LIMIT)
     s_new = np.clip((u_new + (theta // 2 - 1)) // theta, 0, D)
@@ -56,17 +50,10 @@ def ilif_update(
 
 
 def lif_update(
-    u_prev: np.ndarray,
-    s_prev: np.ndarray,
-    a_in: np.ndarray,
-    bias: np.ndarray,
-    vth: int,
-    dv: int,
+    u_prev: np.ndarray, s_prev: np.ndarray, a_in: np.ndarray, bias: np.ndarray, vth: int, dv: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One LIF step (§3.2), int64; returns (u_t, s_t).
-
-    u_t = clip24(decay(u_{t-1}·(1 − s_{t-1})) + a_t + b),  s_t = [u_t > vth]  (hard reset to 0).
-    """
+    """One LIF step (§3.2, int64) -> (u_t, s_t): u_t = clip24(decay(u_{t-1}·(1 − s_{t-1})) + a_t
+    + b), s_t = [u_t > vth] (hard reset to 0)."""
     decayed = decay12(np.where(s_prev > 0, 0, u_prev), dv)
     u_new = np.clip(decayed + a_in + bias, -STATE_LIMIT, STATE_LIMIT)
     return u_new, (u_new > vth).astype(np.int64)
@@ -75,8 +62,7 @@ def lif_update(
 def max_pool_xyc(
     s: np.ndarray, kernel: np.ndarray, stride: np.ndarray, padding: np.ndarray
 ) -> np.ndarray:
-    """Integer max-pool of spikes ``s`` (X, Y, C) with zero padding; kernel, stride and
-    padding in (X, Y) order. Zero padding is neutral because spikes are >= 0."""
+    """Integer max-pool of spikes ``s`` (X, Y, C), (X, Y)-order window, zero padding (s >= 0)."""
     (kx, ky), (sx, sy), (px, py) = (tuple(int(v) for v in a) for a in (kernel, stride, padding))
     x, y, _ = s.shape
     ox, oy = (x + 2 * px - kx) // sx + 1, (y + 2 * py - ky) // sy + 1
@@ -102,10 +88,8 @@ def _step_in_period(time_step: int, period: int) -> int:
 # ---- processes (what) ------------------------------------------------------------------------
 class GradedSource(AbstractProcess):
     """Emits the graded integer input of logical step t at hardware step t, zeros afterwards.
-
     ``data`` is (B, T_in, X, Y, C) with T_in = 1 (static input, repeated for each of the ``T``
-    logical steps) or T_in = T; sample b is emitted during hardware steps [b·period, (b+1)·period).
-    """
+    logical steps) or T_in = T; sample b goes out in hardware steps [b·period, (b+1)·period)."""
 
     def __init__(self, *, data: np.ndarray, T: int, period: int, name: str | None = None):
         # data travels to the model once, as the Var's initial value (not also in proc_params)
@@ -117,16 +101,19 @@ class GradedSource(AbstractProcess):
 
 
 class SpikeDelay(AbstractProcess):
-    """Delays a graded stream by ``delay`` >= 1 hardware steps, adding no latency of its own:
-    out(h) = in(h − delay). It receives and then sends within one step (like a neuron)."""
+    """Delays a graded stream by ``delay`` >= 0 hardware steps, adding no latency of its own:
+    out(h) = in(h − delay), received and sent within one step (like a neuron). With a
+    ``window`` (depth, T, period) of its source it forwards only what the source sent inside
+    depth <= h < depth + T: a lagged synapse (§4.4) reaches its target inside the target's
+    window also from steps where Lava's LIF (not gated, §3.8) runs outside its own."""
 
-    def __init__(self, *, shape: tuple[int, ...], delay: int, name: str | None = None):
+    def __init__(self, *, shape: tuple, delay: int, window=(0, 0, 0), name: str | None = None):
         super().__init__(shape=shape, delay=delay, name=name)
-        if delay < 1:
-            raise ValueError(f"SpikeDelay needs delay >= 1, got {delay}")
         self.s_in = InPort(shape=shape)
         self.s_out = OutPort(shape=shape)
-        self.ring = Var(shape=(delay, *shape), init=0)
+        self.ring = Var(shape=(max(delay, 1), *shape), init=0)
+        self.delay = Var(shape=(1,), init=delay)
+        self.window = Var(shape=(3,), init=np.asarray(window))
 
 
 class SynapseFanout(AbstractProcess):
@@ -191,7 +178,8 @@ class ILIFPopulation(_Population):
 
 
 class LIFPopulation(_Population):
-    """EMS LIF neurons (§3.2, kind ``lif``): state u, binary spike s = [u > vth], hard reset."""
+    """EMS LIF neurons (§3.2, kind ``lif``): state u, binary spike s = [u > vth], hard reset;
+    for the ``lif`` populations Lava's own LIF cannot compute (``lava_lif``, §3.8)."""
 
     def __init__(self, *, vth: int, dv: int, **kwargs):
         super().__init__(vth=vth, dv=dv, **kwargs)
@@ -233,8 +221,7 @@ class MaxPoolPopulation(AbstractProcess):
 
 
 class ReadoutPopulation(_Population):
-    """Non-spiking integrator (§3.2): sends its state v_t each active step (the host keeps
-    v_{T-1}; nothing downstream consumes it)."""
+    """Non-spiking integrator (§3.2): sends v_t each active step (the host keeps v_{T-1})."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -267,11 +254,19 @@ class PySpikeDelayModel(PyLoihiProcessModel):
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     ring: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    delay: int = LavaPyType(int, np.int32)
+    window: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def run_spk(self) -> None:
+        incoming = self.s_in.recv()
+        depth, T, period = (int(v) for v in self.window)
+        if period and not depth <= _step_in_period(self.time_step, period) < depth + T:
+            incoming = np.zeros_like(incoming)
+        if not int(self.delay):
+            self.s_out.send(incoming)
+            return
         # The slot written delay steps ago is read back, then overwritten with this step's input.
         slot = (self.time_step - 1) % self.ring.shape[0]
-        incoming = self.s_in.recv()
         self.s_out.send(self.ring[slot].copy())
         self.ring[slot] = incoming
 
@@ -305,24 +300,14 @@ class PyILIFPopulationModel(_PyPopulationModel):
 
     def run_spk(self) -> None:
         a_in = self.a_in.recv()  # sum of every synapse into this population (InPort fan-in)
-        if not self._active():
-            # Idle: no state, no output, bias not applied (§3.3); also the reset between samples.
+        if not self._active() or self._starts():  # idle (§3.3, bias not applied) or a fresh start
             self.u[:] = 0
             self.s[:] = 0
+        if not self._active():
             self.s_out.send(np.zeros(self.s_out.shape, dtype=np.int32))
             return
-        if self._starts():
-            self.u[:] = 0
-            self.s[:] = 0
-        u_new, s_new = ilif_update(
-            self.u,
-            self.s,
-            a_in.astype(np.int64),
-            self.bias,
-            int(self.theta),
-            int(self.D),
-            int(self.dv),
-        )
+        theta, D, dv = int(self.theta), int(self.D), int(self.dv)
+        u_new, s_new = ilif_update(self.u, self.s, a_in.astype(np.int64), self.bias, theta, D, dv)
         self.u[:] = u_new
         self.s[:] = s_new
         self.s_out.send(s_new.astype(np.int32))

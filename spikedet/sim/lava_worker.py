@@ -3,25 +3,29 @@
     python -m spikedet.sim.lava_worker --graph G.npz --input X.npy --out OUT.npz [--debug]
 
 The input holds integers ``x_int``: [B, C, H, W] (static, repeated for each logical step) or
-[T, B, C, H, W]. One Lava network is built for the graph (docs/semantics.md §3.3):
-``GradedSource`` -> [``SpikeDelay``] -> Lava ``Conv`` -> [``SynapseFanout``: upsampling and
-channel range] -> population ``a_in`` (an InPort fed by several Convs sums them); a maxpool
-population reads its source's ``s_out`` directly (it adds the step of latency itself); every
-population's ``s_out`` -> an ``Extractor`` read once per step by this host process
-(``Var.get()`` costs ~35 µs per element, so it is never used).
+[T, B, C, H, W]. One Lava network is built for the graph (``lava_build``, docs/semantics.md
+§3.3 and §3.8): ``GradedSource`` -> [``SpikeDelay``] -> Lava ``Conv`` (or Lava ``Dense`` for a
+netx dense layer) -> [``SynapseFanout``: upsampling and channel range] -> population ``a_in``
+(an InPort fed by several synapses sums them). ``cuba`` populations and the EMS ``lif``
+populations Lava can express are Lava's own ``LIFReset``; the others are our processes
+(``lava_procs``). A maxpool population reads its source's ``s_out`` directly (it adds the step
+of latency itself); every population's ``s_out`` -> an ``Extractor`` read once per step by this
+host process (``Var.get()`` costs ~35 µs per element, so it is never used).
 
 A channel range is a pass-through placement, not zero weight rows: Lava's Conv computes every
-output channel in every step. Lava's ``Dense`` / ``Sparse`` are not used: their fixed_pt models
-(lava-nc 0.10.0) keep the dendritic sum in int32 without the 24-bit wrap of ``Conv`` and
-truncate mixed-sign 8-bit weights to even values, so a synapse built from them is not §3.2.
+output channel in every step. Lava's ``Dense`` keeps its sum in int32 without the 24-bit wrap
+of ``Conv`` and truncates weights by netx's rules, so it is used only where that is provably
+exact (``lava_build.dense_args``).
 
-The B samples run back to back, ``qg.hw_steps`` hardware steps each, in the same network: the
-gating in ``lava_procs`` resets every population between samples, and Conv buffers and delay
-rings are empty at each boundary (every source is silent in a period's last steps), so this
-equals one fresh network per sample.
+The B samples run back to back, ``lava_build.sample_period`` hardware steps each (``hw_steps``
+padded to a multiple of every periodic reset interval), in the same network: our processes hold
+no state outside their window, Lava's LIFs are reset right before their logical step 0, and
+anything a population sends outside its window reaches its consumers outside theirs (the
+delays align every path), so this equals one fresh network per sample.
 
 OUT.npz: ``spike__<pop>`` int64 [T, B, C, H, W] for spiking populations (hardware steps
-depth..depth+T-1), ``readout__<pop>`` int64 [B, C, H, W] (v_{T-1}) for readouts, and ``info``
+depth..depth+T-1), ``readout__<pop>`` int64 [B, C, H, W] (v_{T-1}) for readouts,
+``state__<u|v>__<pop>`` [T, B, C, H, W] for the populations of ``--states``, and ``info``
 (JSON: compile and per-step seconds, steps). Errors: one line
 ``spikedet-lava: error: <what> (<where>)`` on stderr and exit status 2.
 """
@@ -42,49 +46,15 @@ import numpy as np
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
 from spikedet.sim.interface import check_input
-from spikedet.sim.qgraph import QPopulation, QuantGraph
+from spikedet.sim.lava_build import build_network, lava_shape, sample_period, to_lava_groups
+from spikedet.sim.lava_lif import lava_lif
+from spikedet.sim.qgraph import QuantGraph
+
+__all__ = ["check_graph", "lava_shape", "run_graph", "to_lava_groups"]
 
 # Extractor channels hold up to CHUNK steps of every population between two host reads; this
 # caps their shared memory (8 bytes per neuron and step, the Extractor sends float64).
 EXTRACT_BUFFER_BYTES = 256 << 20
-# Lava's Conv model stores ``groups`` in an int8 Var; larger values wrap (see to_lava_groups).
-LAVA_MAX_GROUPS = 127
-
-
-def lava_shape(chw: Sequence[int]) -> tuple[int, int, int]:
-    """(C, H, W) -> Lava's (X, Y, C) = (W, H, C)."""
-    c, h, w = (int(v) for v in chw)
-    return (w, h, c)
-
-
-def to_lava_weight(weight: np.ndarray) -> np.ndarray:
-    """torch (Cout, Cin/g, KH, KW) -> Lava (Cout, KX, KY, Cin/g), spatially flipped.
-
-    Lava's Conv computes a true convolution (scipy ``convolve2d``) where torch correlates, so
-    the kernel is flipped on both spatial axes after the (0, 3, 2, 1) transpose.
-    """
-    return np.ascontiguousarray(weight.transpose(0, 3, 2, 1)[:, ::-1, ::-1, :]).astype(np.int32)
-
-
-def to_lava_groups(weight: np.ndarray, groups: int) -> tuple[np.ndarray, int]:
-    """Re-express a grouped conv with groups <= 127 (Lava keeps ``groups`` in int8).
-
-    With g' the largest divisor of g not above 127 and m = g / g', each new group covers m old
-    groups through a block-diagonal kernel (zeros between old groups), which is exact in integer
-    arithmetic; the cost grows by m. ``weight`` is in torch layout (Cout, Cin/g, KH, KW).
-    """
-    if groups <= LAVA_MAX_GROUPS:
-        return weight, groups
-    new_groups = max(d for d in range(1, LAVA_MAX_GROUPS + 1) if groups % d == 0)
-    merge = groups // new_groups
-    c_out, c_in_g, kh, kw = weight.shape
-    out_per_group = c_out // groups
-    merged = np.zeros((c_out, c_in_g * merge, kh, kw), dtype=weight.dtype)
-    for o in range(c_out):
-        old_group = o // out_per_group
-        slot = old_group % merge  # position of the old group inside its new group
-        merged[o, slot * c_in_g : (slot + 1) * c_in_g] = weight[o]
-    return merged, new_groups
 
 
 def check_graph(qg: QuantGraph) -> None:
@@ -106,6 +76,8 @@ def check_graph(qg: QuantGraph) -> None:
                 )
         elif not qg.incoming(p.name):
             raise SpikedetError("population has no incoming synapse", f"population {p.name}")
+        if p.kind == "cuba" and lava_lif(qg, p)[0] is None:
+            raise SpikedetError(lava_lif(qg, p)[1], f"population {p.name}")
     for syn in qg.synapses:
         where = f"synapse {syn.name}"
         c_in, h, w = qg.src_shape(syn.src)
@@ -119,10 +91,11 @@ def check_graph(qg: QuantGraph) -> None:
             )
         if syn.output_shape((c_in, h, w))[1:] != dst.shape[1:]:
             raise SpikedetError(f"conv output does not match {dst.name} shape {dst.shape}", where)
-        if depth[syn.dst] != depth[syn.src] + 1 + syn.delay:
+        if depth[syn.dst] + syn.lag != depth[syn.src] + 1 + syn.delay:  # §3.3, lag §4.4
+            lag = f" + lag {syn.lag}" if syn.lag else ""
             raise SpikedetError(
-                f"depth({syn.dst})={depth[syn.dst]} != depth({syn.src})={depth[syn.src]} + 1 + "
-                f"delay {syn.delay}",
+                f"depth({syn.dst})={depth[syn.dst]}{lag} != depth({syn.src})={depth[syn.src]} "
+                f"+ 1 + delay {syn.delay}",
                 where,
             )
         # Lava's Conv sums in float64 and casts to int32 before its 24-bit wrap; a sum of 2^31
@@ -142,128 +115,33 @@ def to_lava_input(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(1, 0, 4, 3, 2)).astype(np.int32)
 
 
-def build_network(
-    qg: QuantGraph, data: np.ndarray, buffer_size: int
-) -> tuple[object, dict[str, object], dict[str, object], dict]:
-    """Create the Lava processes; return (source, {pop: process}, {pop: Extractor}, model map).
-
-    The model map pins our process instances to their models: keying by *instance* makes Lava's
-    compiler skip its model search, which otherwise executes every sibling module of
-    ``lava_procs`` for every process (slow, and it would import the whole ``spikedet.sim``).
-    """
-    from lava.proc.conv.models import PyConvModelFixed
-    from lava.proc.conv.process import Conv
-    from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
-
-    from spikedet.sim import lava_procs as lp
-
-    period = qg.hw_steps
-    model_map: dict = {Extractor: PyLoihiExtractorModel}
-    source = lp.GradedSource(data=data, T=qg.T, period=period, name="input")
-    model_map[source] = lp.PyGradedSourceModel
-    pops, extractors = {}, {}
-    for p in qg.populations:
-        proc, model = _population_process(qg, p, period)
-        if p.kind == "maxpool":
-            pops[p.src].s_out.connect(proc.s_in)
-        model_map[proc] = model
-        pops[p.name] = proc
-        extractors[p.name] = Extractor(shape=lava_shape(p.shape), buffer_size=buffer_size)
-        proc.s_out.connect(extractors[p.name].in_port)
-    fanouts: dict[tuple[str, int, int, int], object] = {}  # (dst, offset, Cout, factor)
-    delays: dict[tuple[str, int], object] = {}  # one delay line per (source, delay), shared
-    for syn in qg.synapses:
-        out_port = source.s_out if syn.src == "input" else pops[syn.src].s_out
-        shape = lava_shape(qg.src_shape(syn.src))
-        if syn.delay > 0:
-            key = (syn.src, syn.delay)
-            if key not in delays:
-                line = lp.SpikeDelay(shape=shape, delay=syn.delay, name=f"{syn.name}.delay")
-                model_map[line] = lp.PySpikeDelayModel
-                out_port.connect(line.s_in)
-                delays[key] = line
-            out_port = delays[key].s_out
-        weight, groups = to_lava_groups(syn.weight, syn.groups)
-        conv = Conv(
-            weight=to_lava_weight(weight),
-            input_shape=shape,
-            padding=(syn.padding[1], syn.padding[0]),  # Lava wants (X, Y) = (W, H) order
-            stride=(syn.stride[1], syn.stride[0]),
-            groups=groups,
-            num_message_bits=qg.input.bits if syn.src == "input" else qg.message_bits,
-            name=syn.name,
-        )
-        model_map[conv] = PyConvModelFixed
-        out_port.connect(conv.s_in)
-        c_out, (c, h, w) = syn.weight.shape[0], qg.pop(syn.dst).shape
-        if syn.upsample == 1 and syn.out_offset == 0 and c_out == c:
-            conv.a_out.connect(pops[syn.dst].a_in)
-            continue
-        key = (syn.dst, syn.out_offset, c_out, syn.upsample)
-        if key not in fanouts:
-            fanout = lp.SynapseFanout(
-                shape=lava_shape((c_out, h // syn.upsample, w // syn.upsample)),
-                factor=syn.upsample,
-                offset=syn.out_offset,
-                channels=c,
-                name=f"{syn.dst}.fanout{len(fanouts)}",
-            )
-            model_map[fanout] = lp.PySynapseFanoutModel
-            fanout.a_out.connect(pops[syn.dst].a_in)
-            fanouts[key] = fanout
-        conv.a_out.connect(fanouts[key].a_in)
-    return source, pops, extractors, model_map
-
-
-def _population_process(qg: QuantGraph, p: QPopulation, period: int) -> tuple[object, type]:
-    """The Lava process of population ``p`` and its fixed_pt model."""
-    from spikedet.sim import lava_procs as lp
-
-    if p.kind == "maxpool":
-        proc = lp.MaxPoolPopulation(
-            in_shape=lava_shape(qg.pop(p.src).shape),
-            shape=lava_shape(p.shape),
-            kernel=p.pool_kernel[::-1],  # Lava wants (X, Y) = (W, H) order
-            stride=p.pool_stride[::-1],
-            padding=p.pool_padding[::-1],
-            depth=p.depth,
-            T=qg.T,
-            period=period,
-            name=p.name,
-        )
-        return proc, lp.PyMaxPoolPopulationModel
-    common = dict(
-        shape=lava_shape(p.shape),
-        bias=p.bias,
-        theta=p.theta,
-        depth=p.depth,
-        T=qg.T,
-        period=period,
-        name=p.name,
-    )
-    if p.kind == "ilif":
-        return lp.ILIFPopulation(D=p.D, dv=p.dv, **common), lp.PyILIFPopulationModel
-    if p.kind == "lif":
-        return lp.LIFPopulation(vth=p.vth, dv=p.dv, **common), lp.PyLIFPopulationModel
-    return lp.ReadoutPopulation(**common), lp.PyReadoutPopulationModel
-
-
 def run_graph(
-    qg: QuantGraph, x_int: np.ndarray, log: Callable[[str], None] = lambda _: None
+    qg: QuantGraph,
+    x_int: np.ndarray,
+    log: Callable[[str], None] = lambda _: None,
+    states: Sequence[str] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
-    """Simulate every sample; return (spikes [T,B,C,H,W], readouts [B,C,H,W], info)."""
+    """Simulate every sample; return (spikes [T,B,C,H,W], readouts [B,C,H,W], info).
+
+    ``states``: populations computed by Lava's LIF whose u and v are recorded every step by
+    Lava's ``Monitor`` (read back with ``Var.get()``, ~35 µs per value: keep them small);
+    ``info["states"][pop]`` = {"u": ..., "v": ...} int64 [T, B, C, H, W], as the fixed engine's.
+    """
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
 
     check_graph(qg)
     data = to_lava_input(check_input(qg, x_int))
-    batch, period, T = data.shape[0], qg.hw_steps, qg.T
+    batch, period, T = data.shape[0], sample_period(qg), qg.T
     total = batch * period
     neurons = sum(p.size for p in qg.populations)
     chunk = int(max(1, min(total, EXTRACT_BUFFER_BYTES // (8 * neurons))))
 
     t0 = time.perf_counter()
-    source, pops, extractors, model_map = build_network(qg, data, buffer_size=chunk)
+    source, pops, extractors, model_map, neuron_models = build_network(
+        qg, data, buffer_size=chunk, period=period
+    )
+    monitors = _monitors(qg, pops, neuron_models, states, total, model_map)
     cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=model_map)
     spikes = {
         p.name: np.zeros((T, batch, *p.shape), np.int64)
@@ -299,6 +177,7 @@ def run_graph(
             done += steps
             log(f"[lava] {done}/{total} steps")
         run_s = time.perf_counter() - t1
+        recorded = _read_monitors(qg, pops, monitors, period, batch)
     finally:
         if source.runtime is not None:
             source.stop()
@@ -317,8 +196,43 @@ def run_graph(
         "compile_s": compile_s,
         "run_s": run_s,
         "step_s": run_s / total,
+        "neuron_models": neuron_models,  # {population: the process model computing it}
+        "dense_synapses": sorted(k.name for k in model_map if type(k).__name__ == "Dense"),
+        "states": recorded,
     }
     return spikes, readouts, info
+
+
+def _monitors(qg, pops, neuron_models, states, total: int, model_map: dict) -> dict:
+    """{(pop, "u" | "v"): Lava Monitor probing that Var for ``total`` steps}."""
+    from lava.proc.monitor.models import PyMonitorModel
+    from lava.proc.monitor.process import Monitor
+
+    monitors = {}
+    for name in states:
+        if not neuron_models.get(name, "").endswith("PyLifResetModelBitAcc"):
+            raise SpikedetError(
+                "state recording covers populations computed by Lava's LIF only",
+                f"population {name}",
+            )
+        for q in ("u", "v"):
+            monitor = Monitor()
+            monitor.probe(getattr(pops[name], q), total)
+            monitors[name, q] = monitor
+    if monitors:
+        model_map[Monitor] = PyMonitorModel
+    return monitors
+
+
+def _read_monitors(qg, pops, monitors: dict, period: int, batch: int) -> dict:
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for (name, q), monitor in monitors.items():
+        data = monitor.get_data()[pops[name].name][q]  # (total, X, Y, C)
+        depth = qg.pop(name).depth
+        frames = np.rint(np.asarray(data)).astype(np.int64).reshape(batch, period, *data.shape[1:])
+        window = frames[:, depth : depth + qg.T].transpose(1, 0, 4, 3, 2)  # [T, B, C, H, W]
+        out.setdefault(name, {})[q] = np.ascontiguousarray(window)
+    return out
 
 
 def _lava_version() -> str:
@@ -333,6 +247,8 @@ def _lava_version() -> str:
 def save_result(out: Path, spikes: dict, readouts: dict, info: dict) -> None:
     arrays = {f"spike__{k}": v for k, v in spikes.items()}
     arrays.update({f"readout__{k}": v for k, v in readouts.items()})
+    for pop, quantities in info.pop("states", {}).items():
+        arrays.update({f"state__{q}__{pop}": v for q, v in quantities.items()})
     arrays["info"] = np.array(json.dumps(info))
     with atomic_path(out, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
@@ -343,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--graph", required=True, type=Path, help="QuantGraph .npz")
     parser.add_argument("--input", required=True, type=Path, help="int input .npy")
     parser.add_argument("--out", required=True, type=Path, help="result .npz (written atomically)")
+    parser.add_argument("--states", default="", help="comma list: record u and v of these")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     try:
@@ -351,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             x_int = np.load(args.input, allow_pickle=False)
         except Exception as err:
             raise SpikedetError(f"cannot read the input: {err}", str(args.input)) from None
-        spikes, readouts, info = run_graph(qg, x_int, log=print)
+        states = [n for n in args.states.split(",") if n]
+        spikes, readouts, info = run_graph(qg, x_int, log=print, states=states)
         info["torch_imported"] = "torch" in sys.modules
         save_result(args.out, spikes, readouts, info)
     except SpikedetError as err:

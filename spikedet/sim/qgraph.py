@@ -5,9 +5,11 @@ readable with numpy 1.x (inside ``.venv-lava``) and 2.x. Semantics: docs/semanti
 
 Population kinds (§3.2): ``ilif`` (graded spikes 0..D, soft reset), ``lif`` (binary spikes,
 hard reset, integer threshold ``vth``), ``maxpool`` (no state: the integer max-pool of its
-source population ``src``, one step later, no incoming synapse) and ``readout`` (integrator).
-Synapses may write a channel range of their destination (``out_offset``, §2.7) and repeat
-their output nearest-neighbour (``upsample``, §2.8).
+source population ``src``, one step later, no incoming synapse), ``readout`` (integrator) and
+``cuba`` (Loihi's CUBA LIF as Lava's bit-accurate model computes it, §3.6: current u and
+voltage v, Lava's own parameters du, dv, vth, bias mantissa and exponent, a periodic reset).
+Synapses may write a channel range of their destination (``out_offset``, §2.7), repeat
+their output nearest-neighbour (``upsample``, §2.8) and use a dilated kernel (``dilation``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import numpy as np
 
 from spikedet.errors import SpikedetError
 from spikedet.fileio import atomic_path
+from spikedet.sim.qgraph_cuba import check_cuba, cuba_fields
 
 STATE_BITS = 24
 DECAY_BITS = 12
-POP_KINDS = ("ilif", "lif", "maxpool", "readout")
-SPIKING_KINDS = ("ilif", "lif", "maxpool")  # kinds whose output other populations may read
+POP_KINDS = ("ilif", "lif", "maxpool", "readout", "cuba")
+SPIKING_KINDS = ("ilif", "lif", "maxpool", "cuba")  # kinds whose output others may read
 FILE_FORMAT = 2  # npz header format; 1 = before the lif / maxpool / out_offset / upsample fields
 
 
@@ -59,10 +62,12 @@ class QInput:
 
 @dataclass
 class QPopulation:
-    """A population (docs/semantics.md §3.2): I-LIF, LIF, max-pool or a non-spiking readout.
+    """A population (docs/semantics.md §3.2, §3.6): I-LIF, LIF, max-pool, readout or cuba.
 
     ``theta`` (state units per float membrane unit) is unused by ``maxpool`` populations (0 by
     convention), which also have a zero bias, ``dv`` 0 and ``D`` = their source's D.
+    A ``cuba`` population's ``bias`` is Lava's bias mantissa, per channel (C,) or per neuron
+    (C*H*W,), ``vth`` its threshold mantissa (spike iff v > vth << 6), ``du``/``dv`` Lava's decays.
     """
 
     name: str
@@ -79,6 +84,10 @@ class QPopulation:
     pool_kernel: tuple[int, int] = (1, 1)  # maxpool window (H, W)
     pool_stride: tuple[int, int] = (1, 1)
     pool_padding: tuple[int, int] = (0, 0)  # zero padding (neutral for spikes >= 0)
+    du: int = 0  # cuba: current decay, u <- u * (4096 - (du + 1)) >> 12 (Lava's +1 offset)
+    bias_exp: int = 0  # cuba: effective bias = bias << bias_exp
+    reset_interval: int = 0  # cuba: u, v <- 0 before logical steps t % interval == offset
+    reset_offset: int = 0
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(v) for v in self.shape)  # type: ignore[assignment]
@@ -87,13 +96,18 @@ class QPopulation:
         self.pool_stride = _pair(self.pool_stride)
         self.pool_padding = _pair(self.pool_padding)
         self.vth, self.D, self.dv = int(self.vth), int(self.D), int(self.dv)
+        self.du, self.bias_exp = int(self.du), int(self.bias_exp)
+        self.reset_interval, self.reset_offset = int(self.reset_interval), int(self.reset_offset)
         where = f"population {self.name}"
         if self.kind not in POP_KINDS:
             raise SpikedetError(f"unknown population kind {self.kind!r}", where)
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise SpikedetError(f"shape must be (C, H, W), got {self.shape}", where)
-        if self.bias.shape != (self.shape[0],):
+        per_neuron = self.kind == "cuba" and self.bias.size == self.size
+        if self.bias.shape != (self.shape[0],) and not per_neuron:
             raise SpikedetError(f"bias has {self.bias.shape}, expected ({self.shape[0]},)", where)
+        if self.kind == "cuba":
+            check_cuba(self, where)
         if self.kind == "maxpool":
             self._check_maxpool(where)
         elif self.theta < 2 or self.theta % 2:
@@ -141,11 +155,17 @@ class QSynapse:
     delay: int = 0  # extra steps beyond the one-step synapse latency (§3.3)
     out_offset: int = 0  # first destination channel written (§2.7); Cout = weight.shape[0]
     upsample: int = 1  # nearest-neighbour factor applied to the (wrapped) conv output (§2.8)
+    dilation: tuple[int, int] = (1, 1)  # kernel tap spacing (H, W), as torch's Conv2d
+    # logical steps: dst at step t reads src at t - lag (a NIR recurrent edge or Delay, §4.4);
+    # lag >= 1 lets a synapse return to its own population (a recurrent self-synapse)
+    lag: int = 0
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.int64)
+        self.lag = int(self.lag)
         self.stride = _pair(self.stride)
         self.padding = _pair(self.padding)
+        self.dilation = _pair(self.dilation)
         self.groups, self.delay = int(self.groups), int(self.delay)
         self.out_offset, self.upsample = int(self.out_offset), int(self.upsample)
         where = f"synapse {self.name}"
@@ -153,8 +173,10 @@ class QSynapse:
             raise SpikedetError(f"conv weight must be 4-D, got {self.weight.shape}", where)
         if self.groups < 1 or self.weight.shape[0] % self.groups:
             raise SpikedetError("output channels not divisible by groups", where)
-        if self.delay < 0:
-            raise SpikedetError(f"negative delay {self.delay}", where)
+        if self.delay < 0 or self.lag < 0:
+            raise SpikedetError(f"negative delay {self.delay} or lag {self.lag}", where)
+        if min(self.dilation) < 1:
+            raise SpikedetError(f"dilation must be >= 1, got {self.dilation}", where)
         if self.out_offset < 0 or self.upsample < 1:
             raise SpikedetError(
                 f"out_offset must be >= 0 and upsample >= 1, got {self.out_offset}, "
@@ -162,9 +184,23 @@ class QSynapse:
                 where,
             )
 
+    @property
+    def kernel_extent(self) -> tuple[int, int]:
+        """The kernel's span on the input: d * (k - 1) + 1 per axis."""
+        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.weight.shape[2:]))
+
+    def dilated_weight(self) -> np.ndarray:
+        """The weight with ``dilation`` expanded into zero taps (the weight itself when 1)."""
+        if self.dilation == (1, 1):
+            return self.weight
+        (dh, dw), (eh, ew) = self.dilation, self.kernel_extent
+        out = np.zeros((*self.weight.shape[:2], eh, ew), dtype=self.weight.dtype)
+        out[:, :, ::dh, ::dw] = self.weight
+        return out
+
     def output_shape(self, src_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """(Cout, f*H', f*W'): the conv output of a (C, H, W) source, upsampled by f."""
-        h, w = conv_output_hw(src_shape[1:], self.weight.shape[2:], self.stride, self.padding)
+        h, w = conv_output_hw(src_shape[1:], self.kernel_extent, self.stride, self.padding)
         return int(self.weight.shape[0]), h * self.upsample, w * self.upsample
 
 
@@ -189,7 +225,7 @@ class QuantGraph:
             where = f"synapse {s.name}"
             if s.src not in order or s.dst not in order or s.dst == "input":
                 raise SpikedetError(f"unknown endpoint {s.src} -> {s.dst}", where)
-            if order[s.src] >= order[s.dst]:
+            if order[s.src] >= order[s.dst] and not (s.lag >= 1 and s.src == s.dst):
                 raise SpikedetError("populations are not in topological order", where)
             if s.src != "input" and self.pop(s.src).kind not in SPIKING_KINDS:
                 raise SpikedetError("a readout cannot be a synapse source", where)
@@ -272,6 +308,7 @@ class QuantGraph:
                     "pool_kernel": list(p.pool_kernel),
                     "pool_stride": list(p.pool_stride),
                     "pool_padding": list(p.pool_padding),
+                    **(cuba_fields(p) if p.kind == "cuba" else {}),
                 }
             )
         for i, s in enumerate(self.synapses):
@@ -287,6 +324,8 @@ class QuantGraph:
                     "delay": s.delay,
                     "out_offset": s.out_offset,
                     "upsample": s.upsample,
+                    **({"dilation": list(s.dilation)} if s.dilation != (1, 1) else {}),
+                    **({"lag": s.lag} if s.lag else {}),
                 }
             )
         arrays["header"] = np.array(json.dumps(header))

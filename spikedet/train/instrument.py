@@ -129,7 +129,9 @@ class _Recorder:
             row = self.rows.get(name)
             if row is None:
                 params = sum(p.numel() for p in module.parameters(recurse=False))
-                row = LayerRow(name, type(module).__name__, (), int(params))
+                # EMS's per-step StepConv2d is a Conv2d (same weights, per-step schedule)
+                kind = "Conv2d" if isinstance(module, nn.Conv2d) else type(module).__name__
+                row = LayerRow(name, kind, (), int(params))
                 self.rows[name] = row
             spiking_in = inp is not None and inp.data_ptr() in self.spike_ptrs
             if isinstance(module, NEURON_TYPES):

@@ -195,11 +195,15 @@ def train(cfg: TrainConfig, progress: bool = True, resume: bool = False) -> dict
 
 def _model_overrides(cfg: TrainConfig) -> dict[str, Any]:
     """Model config fields the data decide: image size, T and input channels (Gen1: the data's
-    time steps and the channels of its representation)."""
+    time steps and the channels of its representation, and SpikeYOLO's Gen1 neuron)."""
     if cfg.dataset != "gen1":
         return {"imgsz": cfg.imgsz, "T": cfg.T}
     in_channels = channels(cfg.representation, cfg.bins)
-    return {"imgsz": cfg.imgsz, "T": cfg.time_steps, "in_channels": in_channels}
+    out = {"imgsz": cfg.imgsz, "T": cfg.time_steps, "in_channels": in_channels}
+    if cfg.model.startswith("spikeyolo"):
+        # SpikeYOLO_for_Gen1 uses its own I-LIF (tau = 2 spikingjelly LIF), not the COCO one.
+        out["neuron"] = "gen1"
+    return out
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, where: str) -> None:

@@ -317,6 +317,15 @@ def _figure(key: str, field: str | None, value: Any = None) -> Callable[[dict], 
     return edit
 
 
+CORE_MODEL_FIGURES = (
+    "connectivity.word_bits",
+    "connectivity.dense_synapse_bits",
+    "connectivity.conv_header_words",
+    "connectivity.conv_axons_per_edge",
+    "partition.neurons",
+)
+
+
 PROFILE_CASES: list[Case] = [
     *(Case(f"missing-{k}", _yaml(_figure(k, None))) for k in PROFILE_FIGURES),
     *(
@@ -349,8 +358,17 @@ PROFILE_CASES: list[Case] = [
     Case("empty-file", _write(b"")),
     Case("garbage", _write(GARBAGE)),
     Case("deleted", lambda p: (_delete(p), p.name)[1]),
+    # the connectivity-aware core model (Loihi 2): all of it or none, valid counts
+    *(Case(f"missing-{k}", _yaml(_figure(k, None))) for k in CORE_MODEL_FIGURES),
+    *(Case(f"negative-{k}", _yaml(_figure(k, "value", -1))) for k in CORE_MODEL_FIGURES),
+    Case("zero-partition-neurons", _yaml(_figure("partition.neurons", "value", 0))),
+    Case("zero-word-bits", _yaml(_figure("connectivity.word_bits", "value", 0))),
+    Case(
+        "partition-unknown-kind",
+        _yaml(lambda d: d["partition"].__setitem__("neurons_spiky", d["partition"]["neurons"])),
+    ),
+    Case("status-derived-typo", _yaml(_figure("partition.neurons", "status", "derive"))),
 ]
-
 
 # --------------------------------------------------------------------------------------------
 # Deployment report (OUT/report.json)

@@ -112,6 +112,10 @@ def test_weights_eval_and_export(case: Case, valid: Valid, tmp_path: Path, capsy
     out = tmp_path / "export" / "model.nir"
     refused(["export", "--weights", str(weights), "--out", str(out)], capsys, expected)
     assert files_under(out.parent) == []
+    # import-weights reads authors' pickles without running them: refused too, naming the file
+    imported = tmp_path / "import" / "best.pt"
+    refused(["import-weights", str(weights), "--out", str(imported)], capsys, weights.name)
+    assert not imported.parent.exists()
     assert not corrupt.marker_of(weights).exists(), "the pickled code ran"
 
 

@@ -40,7 +40,8 @@ def hw_depths(hw: HwGraph, fixed: dict[str, int] | None = None) -> dict[str, int
     depth = {"input": 0, **(fixed or {})}
     for p in hw.pops:
         if p.name not in depth:
-            depth[p.name] = max(depth[e.src] + 1 for e in hw.incoming(p.name))
+            # a self-synapse (NIR recurrence, semantics §4.4) does not set the depth
+            depth[p.name] = max(depth[e.src] + 1 for e in hw.incoming(p.name) if e.src != p.name)
     for p in hw.pops:
         if p.kind == "psum":
             depth[p.name] = depth[p.layer] - 1

@@ -79,6 +79,7 @@ class HwEdge:
     weights: np.ndarray = field(repr=False)  # [C_dst] stored weights per kernel tap
     synapse: str = ""  # the QSynapse this edge realizes (all or part of)
     copies: int = 1  # stands for this many identical edges from distinct sources (tile search)
+    weight_bits: int = 0  # bits of one stored weight as fitted to its integers (0: profile's)
 
     @property
     def taps(self) -> int:
@@ -135,8 +136,20 @@ def conv_edge(qg: QuantGraph, s: QSynapse) -> HwEdge:
     hi[offset : offset + cout] = (group + 1) * cin_g
     return HwEdge(
         s.name, s.src, s.dst, "conv", tuple(s.weight.shape[2:]), tuple(s.stride),
-        tuple(s.padding), up, lo, hi, hi - lo, s.name,
+        tuple(s.padding), up, lo, hi, hi - lo, s.name, weight_bits=fitted_weight_bits(s.weight),
     )  # fmt: skip
+
+
+def fitted_weight_bits(weight: np.ndarray) -> int:
+    """Signed mantissa bits of integer weights after their common power-of-two factor (the
+    exponent), as lava-dl netx fits weights to Loihi synapses (``optimize_weight_bits``)."""
+    mags = np.abs(np.asarray(weight, np.int64)).ravel()
+    mags = mags[mags > 0]
+    if not len(mags):
+        return 1
+    common = int(np.gcd.reduce(mags))
+    shift = (common & -common).bit_length() - 1  # trailing zero bits shared by every weight
+    return int(mags.max() >> shift).bit_length() + 1
 
 
 def pool_edge(qg: QuantGraph, pop: QPopulation) -> HwEdge:
@@ -159,6 +172,34 @@ def hardware_view(qg: QuantGraph) -> HwGraph:
         if p.kind == "maxpool":
             edges.append(pool_edge(qg, p))
     return HwGraph(qg.input.shape, pops, edges)
+
+
+_HASH_WEIGHTS: dict[int, np.ndarray] = {}  # row length -> fixed pseudo-random hash weights
+
+
+def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of an int64 matrix, sorted by their first column, and their counts.
+
+    Same rows as np.unique(axis=0) (whose sort on a void view is slow): rows are grouped by
+    (first column, a wrapping int64 hash of the row) with a lexsort, and every row is then
+    compared with its group's first; a hash collision (never seen) falls back to np.unique."""
+    if len(rows) < 128:  # small: np.unique is faster than the set-up below
+        uniq, counts = np.unique(rows, axis=0, return_counts=True)
+        return uniq, counts
+    if rows.shape[1] not in _HASH_WEIGHTS:
+        _HASH_WEIGHTS[rows.shape[1]] = np.random.default_rng(rows.shape[1]).integers(
+            1, 1 << 62, rows.shape[1]
+        )
+    key = rows @ _HASH_WEIGHTS[rows.shape[1]]  # wraps modulo 2^64: a hash, checked below
+    order = np.lexsort((key, rows[:, 0]))
+    first, key = rows[order, 0], key[order]
+    new = np.ones(len(order), bool)
+    new[1:] = (first[1:] != first[:-1]) | (key[1:] != key[:-1])
+    reps = order[new]
+    if not (rows[order] == rows[reps][np.cumsum(new) - 1]).all():
+        uniq, counts = np.unique(rows, axis=0, return_counts=True)
+        return uniq, counts
+    return rows[reps], np.diff(np.append(np.flatnonzero(new), len(order)))
 
 
 # ---- per-axis arithmetic ---------------------------------------------------------------------

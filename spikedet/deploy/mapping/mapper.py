@@ -46,7 +46,10 @@ ceil(cores / cores_per_chip). Per core, for the worst tile of the grid (exact, s
   counts as a source; a partial sum is one axon);
 - fan-out: distinct destination cores the tile's spikes reach, over all outgoing edges.
 
-Tile search (``tiles.best_tile``): the candidate sizes along an axis of length N are
+A profile with a core model (Loihi 2, ``connectivity``) charges conv edges population axons
+and one packed kernel per core, dense edges one axon and 16-bit synapses per source neuron, and
+tiles by its compiler's partition rule (``placement.partition_best``) instead of the search
+below. Tile search (``placement.best_tile``): the candidate sizes along an axis of length N are
 ceil(N/n), n = 1..N. Memory and fan-in of every candidate (c_t, h_t, w_t) are computed exactly
 in one vectorized pass; among the candidates within every limit the fewest tiles wins; ties
 prefer splitting channels first, then rows, then columns. Fan-out is exact because destinations
@@ -72,6 +75,7 @@ import numpy as np
 from spikedet.deploy.mapping.delays import apply_relays, delay_figures
 from spikedet.deploy.mapping.edits import replace_layer
 from spikedet.deploy.mapping.geometry import HwGraph, check_geometry, hardware_view
+from spikedet.deploy.mapping.placement import best_tile
 from spikedet.deploy.mapping.precision import check_precision
 from spikedet.deploy.mapping.psums import PsumPlan, apply_splits
 from spikedet.deploy.mapping.splits import (
@@ -80,7 +84,7 @@ from spikedet.deploy.mapping.splits import (
     layer_plans,
     plan_splits,
 )
-from spikedet.deploy.mapping.tiles import best_tile, reach, tile_fanout, unit_intervals
+from spikedet.deploy.mapping.tiles import reach, tile_fanout, unit_intervals
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph

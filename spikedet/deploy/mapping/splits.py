@@ -47,12 +47,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spikedet.deploy.mapping.connectivity import channel_costs
 from spikedet.deploy.mapping.delays import local_graph
 from spikedet.deploy.mapping.edits import restrict
-from spikedet.deploy.mapping.geometry import HwEdge, HwGraph, HwPop, window_max
+from spikedet.deploy.mapping.geometry import HwEdge, HwGraph, HwPop
+from spikedet.deploy.mapping.placement import best_tile, layer_tiles
 from spikedet.deploy.mapping.precision import may_wrap, partial_sum_bounds
 from spikedet.deploy.mapping.psums import PsumPlan
-from spikedet.deploy.mapping.tiles import best_tile, grid_figures, layer_tiles, tile_count
+from spikedet.deploy.mapping.tiles import grid_figures, tile_count
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph
@@ -166,7 +168,7 @@ def analyse_split(
     caps = [profile.fan_in_axons, profile.synaptic_memory_bits]
 
     def figures(edge_list: list[HwEdge], shape: tuple[int, int, int]) -> dict:
-        return grid_figures(hw, edge_list, shape, 1, (1, 1, 1), wb, sharing)
+        return grid_figures(hw, edge_list, shape, 1, (1, 1, 1), wb, sharing, profile.core_model)
 
     def fits(figs: dict) -> bool:
         return figs["fan_in"] <= caps[0] and figs["mem"] <= caps[1]
@@ -198,8 +200,9 @@ def analyse_split(
         for e in view:
             live = e.ch_hi > e.ch_lo
             lo, hi = bases[e.src] + e.ch_lo[live].min(), bases[e.src] + e.ch_hi[live].max()
-            w_fan[lo:hi] += window_max(e, hw)
-            w_mem[lo:hi] += e.taps * wb
+            fan, mem = channel_costs(e, hw, wb, profile.core_model)
+            w_fan[lo:hi] += fan
+            w_mem[lo:hi] += mem
         cuts = _greedy([np.concatenate([[0], np.cumsum(w)]) for w in (w_fan, w_mem)], caps)
         if cuts is None:
             if not needed:
@@ -379,7 +382,8 @@ def plan_splits(
     splits, plans, unsplit = {}, {}, {}
     for p in qg.populations:
         m = fixed.get(p.name)
-        optional = search or (m or 1) > 1
+        # a core model's compiler splits only where a limit binds: no optional splits
+        optional = (search and profile.core_model is None) or (m or 1) > 1
         split = analyse_split(qg, view, p.name, profile, optional, memo["weights"])
         if split is None or (not split.needed and m == 1):
             continue

@@ -24,7 +24,8 @@ from itertools import combinations
 
 import numpy as np
 
-from spikedet.deploy.mapping.edits import collapse_psums, psum_signature
+from spikedet.deploy.core_model import CoreModel
+from spikedet.deploy.mapping.connectivity import edge_weight_bits, is_conv, memory_words
 from spikedet.deploy.mapping.geometry import (
     HwEdge,
     HwGraph,
@@ -32,10 +33,9 @@ from spikedet.deploy.mapping.geometry import (
     candidate_sizes,
     rf_axis,
     tiles_along,
+    unique_rows,
     valid_taps,
 )
-from spikedet.deploy.profiles import HardwareProfile
-from spikedet.errors import SpikedetError
 
 Term = tuple[int, tuple[int, int, int]]  # (sign, column index on each axis)
 CHUNK_ELEMENTS = 1 << 22  # bound on the candidate-evaluation block (int64 elements)
@@ -64,11 +64,18 @@ def edge_interval(e: HwEdge, hw: HwGraph, ax: int, iv: Interval) -> Interval:
 
 
 def axis_terms(
-    hw: HwGraph, edges: list[HwEdge], ivs: list[Interval], weight_bits: int, sharing: bool
+    hw: HwGraph,
+    edges: list[HwEdge],
+    ivs: list[Interval],
+    weight_bits: int,
+    sharing: bool,
+    model: CoreModel | None = None,
 ) -> tuple[list[np.ndarray], list[Term], list[Term]]:
     """Per axis the columns [n_intervals, K] of per-axis quantities, and the memory and fan-in
     terms. Column 0 holds the interval lengths, column 1 ones; the layout depends only on
-    ``edges``, so tables built for different intervals share their terms."""
+    ``edges``, so tables built for different intervals share their terms. With a core
+    ``model`` (``connectivity``) memory is packed words, and conv edges cost a constant number
+    of (population) axons."""
     cols: list[list[np.ndarray]] = [[iv[1] - iv[0], np.ones(len(iv[0]), np.int64)] for iv in ivs]
 
     def col(ax: int, values: np.ndarray) -> int:
@@ -77,6 +84,12 @@ def axis_terms(
 
     mem: list[Term] = []
     for e in edges:  # an edge with copies stands for that many identical edges
+        if model is not None:
+            lo, hi = edge_interval(e, hw, 0, ivs[0])
+            wb = edge_weight_bits(e, weight_bits)
+            words = memory_words(e, hw, hi - lo, _range_sum(e.weights, ivs[0]), wb, model)
+            mem.append((e.copies, (col(0, words * model.word_bits), 1, 1)))
+            continue
         chan = _range_sum(e.weights, ivs[0]) * weight_bits
         if sharing:
             mem.append((e.copies, (col(0, chan * e.taps), 1, 1)))
@@ -85,10 +98,13 @@ def axis_terms(
             mem.append((e.copies, (col(0, chan), col(1, taps[0]), col(2, taps[1]))))
     boxes: dict[str, list[list[Interval]]] = {}
     copies: dict[str, int] = {}
+    fan: list[Term] = []
     for e in edges:
+        if model is not None and is_conv(e, hw):
+            fan.append((e.copies * model.conv_axons, (1, 1, 1)))  # population axons
+            continue
         boxes.setdefault(e.src, []).append([edge_interval(e, hw, ax, ivs[ax]) for ax in range(3)])
         copies[e.src] = copies.get(e.src, 0) + e.copies
-    fan: list[Term] = []
     for src, group in boxes.items():
         # copies come from distinct sources: their boxes add (only for a source's sole edge)
         assert len(group) == 1 or copies[src] == len(group), "copies of a lone edge only"
@@ -102,34 +118,6 @@ def axis_terms(
                 sign = (-1) ** (r + 1) * (copies[src] if len(group) == 1 else 1)
                 fan.append((sign, (idx[0], idx[1], idx[2])))
     return [np.stack(c, 1) for c in cols], mem, fan
-
-
-_HASH_WEIGHTS: dict[int, np.ndarray] = {}  # row length -> fixed pseudo-random hash weights
-
-
-def unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct rows of an int64 matrix, sorted by their first column, and their counts.
-
-    Same rows as np.unique(axis=0) (whose sort on a void view is slow): rows are grouped by
-    (first column, a wrapping int64 hash of the row) with a lexsort, and every row is then
-    compared with its group's first; a hash collision (never seen) falls back to np.unique."""
-    if len(rows) < 128:  # small: np.unique is faster than the set-up below
-        uniq, counts = np.unique(rows, axis=0, return_counts=True)
-        return uniq, counts
-    if rows.shape[1] not in _HASH_WEIGHTS:
-        _HASH_WEIGHTS[rows.shape[1]] = np.random.default_rng(rows.shape[1]).integers(
-            1, 1 << 62, rows.shape[1]
-        )
-    key = rows @ _HASH_WEIGHTS[rows.shape[1]]  # wraps modulo 2^64: a hash, checked below
-    order = np.lexsort((key, rows[:, 0]))
-    first, key = rows[order, 0], key[order]
-    new = np.ones(len(order), bool)
-    new[1:] = (first[1:] != first[:-1]) | (key[1:] != key[:-1])
-    reps = order[new]
-    if not (rows[order] == rows[reps][np.cumsum(new) - 1]).all():
-        uniq, counts = np.unique(rows, axis=0, return_counts=True)
-        return uniq, counts
-    return rows[reps], np.diff(np.append(np.flatnonzero(new), len(order)))
 
 
 def _evaluate(tables: list[np.ndarray], terms: list[Term]) -> np.ndarray:
@@ -149,10 +137,11 @@ def grid_figures(
     tile: tuple[int, int, int],
     weight_bits: int,
     sharing: bool,
+    model: CoreModel | None = None,
 ) -> dict[str, int]:
     """Worst-tile neurons (compartments), memory bits and fan-in axons; memory of all tiles."""
     ivs = [tiles_along(n, t) for n, t in zip(shape, tile)]
-    cols, mem_terms, fan_terms = axis_terms(hw, edges, ivs, weight_bits, sharing)
+    cols, mem_terms, fan_terms = axis_terms(hw, edges, ivs, weight_bits, sharing, model)
     uniq, counts = zip(*(unique_rows(c) for c in cols))
     mem = _evaluate(list(uniq), mem_terms)
     return {
@@ -215,11 +204,12 @@ def candidate_figures(
     shape: tuple[int, int, int],
     weight_bits: int,
     sharing: bool,
+    model: CoreModel | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Candidate sizes per axis (ceil(n/k), largest first) and, for every candidate tiling
     (c, h, w), the exact worst-tile memory and fan-in: arrays [n_c, n_h, n_w]."""
     cand, ivs, ids = _candidate_intervals(shape)
-    cols, mem_terms, fan_terms = axis_terms(hw, edges, ivs, weight_bits, sharing)
+    cols, mem_terms, fan_terms = axis_terms(hw, edges, ivs, weight_bits, sharing, model)
     stacked = [_stack_unique(cols[ax], ids[ax], len(cand[ax])) for ax in range(3)]
     return cand, _candidate_max(stacked, mem_terms), _candidate_max(stacked, fan_terms)
 
@@ -295,107 +285,3 @@ def tile_fanout(
     ivs = [tiles_along(n, t) for n, t in zip(shape, tile)]
     cols, terms = fanout_terms(hw, src, ivs, dst_tiles)
     return int(_evaluate([unique_rows(c)[0] for c in cols], terms).max(initial=0))
-
-
-FANOUT_TRIES = 8  # preferred tilings whose fan-out is checked one by one before all at once
-
-
-def best_tile(hw: HwGraph, name: str, profile: HardwareProfile, chosen: dict) -> tuple:
-    """Fewest tiles of population ``name`` within every per-core limit of ``profile``, its
-    fan-out counted over the destinations already in ``chosen``: (tile, grid figures, fan-out).
-
-    Fan-out rarely binds, so it is checked for the preferred candidates (within the other
-    limits, in order) one at a time, and for all candidates at once (``candidate_fanout``)
-    only when the first FANOUT_TRIES exceed it: the same choice either way. Raises
-    SpikedetError (``one_neuron_error``) when no tile fits."""
-    pop, edges = hw.pop(name), hw.incoming(name)
-    wb, sharing = profile.weight_bits, profile.conv_weight_sharing
-    cand, mem, fan = candidate_figures(hw, edges, pop.shape, wb, sharing)
-    c, h, w = np.meshgrid(*cand, indexing="ij")
-    tiles = -(-pop.shape[0] // c) * -(-pop.shape[1] // h) * -(-pop.shape[2] // w)
-    ok = (
-        (c * h * w * pop.compartments <= profile.neurons_per_core)
-        & (fan <= profile.fan_in_axons)
-        & (mem <= profile.synaptic_memory_bits)
-    )
-    idx = np.flatnonzero(ok.ravel())
-    order = idx[np.lexsort((-c.ravel()[idx], -h.ravel()[idx], -w.ravel()[idx], tiles.ravel()[idx]))]
-
-    def found(k: int, fan_out: int) -> tuple:
-        tile = (int(c.flat[k]), int(h.flat[k]), int(w.flat[k]))
-        return (
-            tile,
-            grid_figures(hw, edges, pop.shape, pop.compartments, tile, wb, sharing),
-            fan_out,
-        )
-
-    for k in order[:FANOUT_TRIES]:
-        tile = (int(c.flat[k]), int(h.flat[k]), int(w.flat[k]))
-        fan_out = tile_fanout(hw, name, pop.shape, tile, chosen)
-        if fan_out <= profile.fan_out_axons:
-            return found(k, fan_out)
-    if len(order) > FANOUT_TRIES:
-        fan_out_all = candidate_fanout(hw, name, pop.shape, chosen)
-        within = order[fan_out_all.ravel()[order] <= profile.fan_out_axons]
-        if len(within):
-            return found(within[0], int(fan_out_all.flat[within[0]]))
-    raise one_neuron_error(hw, name, profile, chosen)
-
-
-def layer_tiles(
-    local: HwGraph,
-    name: str,
-    psums: list[str],
-    profile: HardwareProfile,
-    chosen: dict,
-    known: dict | None = None,
-) -> tuple[int, dict]:
-    """Cores of a split layer ``name`` in its ``local`` graph (``delays.local_graph``):
-    its neurons (partial-sum edges merged, ``collapse_psums``) then each of its ``psums`` on the
-    neurons' tile, and the tiles (population -> ``best_tile`` result); partial sums with equal
-    ``psum_signature`` share one tile search. ``known``: the tiles of an
-    estimate made without the neurons' fan-out; they stand when that tile's fan-out fits (it is
-    then also the first candidate within every limit)."""
-    if known is not None:
-        tile, figs, _ = known[name]
-        fan_out = tile_fanout(local, name, local.shape(name), tile, chosen)
-        if fan_out <= profile.fan_out_axons:
-            tiles = {**known, name: (tile, figs, fan_out)}
-            return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
-    own = best_tile(collapse_psums(local, name), name, profile, chosen)
-    tiles, by_signature = {name: own}, {}
-    for psum in psums:
-        key = psum_signature(local, psum)
-        if key not in by_signature:
-            by_signature[key] = best_tile(local, psum, profile, {name: own[0]})
-        tiles[psum] = by_signature[key]
-    return sum(tile_count(local.shape(n), t[0]) for n, t in tiles.items()), tiles
-
-
-def one_neuron_error(
-    hw: HwGraph, name: str, profile: HardwareProfile, chosen: dict
-) -> SpikedetError:
-    """The error for a population whose single worst neuron exceeds a per-core limit."""
-    pop, p = hw.pop(name), profile.name
-    figs = grid_figures(
-        hw, hw.incoming(name), pop.shape, pop.compartments, (1, 1, 1),
-        profile.weight_bits, profile.conv_weight_sharing,
-    )  # fmt: skip
-    fan_out = int(reach(hw, name, unit_intervals(pop.shape), chosen).max(initial=0))
-    if figs["neurons"] > profile.neurons_per_core:
-        what = (
-            f"one neuron needs {figs['neurons']} compartments, {p} has {profile.neurons_per_core}"
-        )
-    elif figs["fan_in"] > profile.fan_in_axons:
-        what = f"one neuron needs {figs['fan_in']} fan-in axons, {p} allows {profile.fan_in_axons}"
-    elif figs["mem"] > profile.synaptic_memory_bits:
-        what = (
-            f"one neuron needs {figs['mem']} bits of synaptic memory, {p} has "
-            f"{profile.synaptic_memory_bits}"
-        )
-    elif fan_out > profile.fan_out_axons:
-        what = f"one neuron's spikes reach {fan_out} cores, {p} allows {profile.fan_out_axons}"
-    else:  # cannot happen: one neuron within every limit is itself a valid tile
-        what = f"no tile satisfies the limits of {p}"
-    label = name if pop.kind != "psum" else f"{pop.layer} (partial sums {name})"
-    return SpikedetError(f"layer {label}: {what} per core", f"{profile.name} mapping")

@@ -24,9 +24,11 @@ ops. The contract of ``trace`` (docs/semantics.md §2):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -99,16 +101,22 @@ class ConvBN(nn.Module):
         y = seq_apply(self.conv, x)
         return seq_apply(self.bn, y) if self.bn is not None else y
 
-    def forward_slots(self, x: Tensor, slots: int) -> Tensor:
+    def forward_slots(self, x: Tensor, slots: int, exact: bool = False, levels: int = 1) -> Tensor:
         """Spike-driven form: ``x`` is ``[T*slots, B, ...]`` binary slots of T logical steps.
 
         y_t = BN(sum_d conv_nobias(x_{t*slots+d}) + bias): the bias and BN are applied once per
         logical step, never per slot (SpikeYOLO issue #73). ``slots == 1`` is ``forward``.
+        ``exact``: the slot sum is computed exactly (``exact_slot_conv``, inputs at most
+        ``levels``), so it does not depend on how the D slots split the integer.
         """
-        if slots == 1:
+        if slots == 1 and not exact:
             return self(x)
         conv = self.conv
-        summed = slot_conv(x, slots, conv.weight, conv.stride, conv.padding, conv.groups)
+        args = (conv.weight, conv.stride, conv.padding, conv.groups)
+        if exact:
+            summed = exact_slot_conv(x, slots, *args, levels=levels)
+        else:
+            summed = slot_conv(x, slots, *args)
         y = summed if conv.bias is None else summed + conv.bias.view(1, 1, -1, 1, 1)
         return seq_apply(self.bn, y) if self.bn is not None else y
 
@@ -130,9 +138,53 @@ def slot_conv(
     return y.view(t_slots // slots, slots, b, *y.shape[1:]).sum(1)
 
 
+def _weight_limbs(weight: Tensor, levels: int, fan_in: int) -> list[Tensor]:
+    """Split a float32 weight into float64 limbs whose convolutions are exact.
+
+    Each limb holds multiples of 2^q below 2^(top+1), with q chosen so that any sum of up to
+    ``fan_in`` products with inputs in [0, levels] stays below 2^(q+53): every partial sum is
+    then representable, so a float64 conv of a limb is exact in any summation order. The limbs
+    sum exactly to the weight (each remainder is the low bits of the previous one)."""
+    headroom = math.ceil(math.log2(max(levels * fan_in, 1))) + 1
+    rest, limbs = weight.detach().to(torch.float64), []
+    while True:
+        peak = float(rest.abs().max()) if rest.numel() else 0.0
+        if peak == 0.0:
+            return limbs
+        quantum = 2.0 ** (math.floor(math.log2(peak)) + headroom - 52)
+        limb = torch.trunc(rest / quantum) * quantum
+        limbs.append(limb)
+        rest = rest - limb
+
+
+def exact_slot_conv(
+    x: Tensor,
+    slots: int,
+    weight: Tensor,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    groups: int = 1,
+    levels: int = 1,
+) -> Tensor:
+    """``slot_conv`` with an exact slot sum: per limb, the float64 convs of the slots and their
+    sum are exact (``_weight_limbs``), the limbs are added in a fixed order and rounded once to
+    float32. So integer spikes (slots = 1) and their D binary slots give the same float32
+    numbers. Inputs must be integers in [0, levels] (I-LIF spikes)."""
+    fan_in = weight[0].numel()
+    x64 = x.to(torch.float64)
+    total = None
+    with torch.backends.cudnn.flags(enabled=False):  # no FFT/Winograd: only exact-sum algorithms
+        for limb in _weight_limbs(weight, levels, fan_in):
+            part = slot_conv(x64, slots, limb, stride, padding, groups)
+            total = part if total is None else total + part
+    if total is None:  # an all-zero weight
+        total = slot_conv(x64, slots, weight.detach().to(torch.float64), stride, padding, groups)
+    return total.to(x.dtype)
+
+
 def spike_conv(lif: ILIF, conv_bn: ConvBN, x: Tensor) -> Tensor:
     """I-LIF then ConvBN, in the neuron's spike mode (integer counts or binary slots)."""
-    return conv_bn.forward_slots(lif(x), lif.slots)
+    return conv_bn.forward_slots(lif(x), lif.slots, lif.exact, lif.levels)
 
 
 class SpikeConv(nn.Module):
@@ -267,8 +319,19 @@ __all__ = [
 ]
 
 
-def time_first(x: Tensor, T: int, in_channels: int, max_stride: int, where: str) -> Tensor:
-    """MS_GetT: ``[B, C, S, S]`` -> repeated T times; ``[T, B, C, S, S]`` is taken as is."""
+INPUT_LAYOUTS = ("TB", "BT")
+
+
+def time_first(
+    x: Tensor, T: int, in_channels: int, max_stride: int, where: str, layout: str = "TB"
+) -> Tensor:
+    """MS_GetT: ``[B, C, S, S]`` -> repeated T times; ``[T, B, C, S, S]`` is taken as is, and
+    with ``layout="BT"`` a ``[B, T, C, S, S]`` input (the official Gen1 / EMS-YOLO order) is
+    transposed to time-first."""
+    if layout not in INPUT_LAYOUTS:
+        raise SpikedetError(f"input layout must be one of {list(INPUT_LAYOUTS)}", repr(layout))
+    if x.dim() == 5 and layout == "BT":
+        x = x.transpose(0, 1)
     if x.dim() == 4:
         x = x.unsqueeze(0).expand(T, *x.shape).contiguous()
     if x.dim() != 5 or x.shape[2] != in_channels:

@@ -19,6 +19,9 @@ Families (``EMS_MODEL_NAMES``):
 - ``ems-res34-coco``: full width (stem Conv7x7/2 3->64), the released ``resnet34-cat`` layout,
   but the two SiLU ``Conv`` head layers are spiking ``LCB``s (same parameters), and the shortcut
   convs of ``BasicBlock_2`` read spikes; 80 classes, T = 4. Parameters equal resnet34-cat's.
+- ``ems-res34-cat``: the released COCO model exactly: ``ems-res34-coco`` with the official head
+  (config ``head: "silu"``: the two ``Conv`` layers conv -> BN -> SiLU membrane, not
+  spike-driven, so eval runs it and export/deploy refuse it) and the released T = 5.
 - ``ems-pico``: a quarter-width "-ee" model for tests (64 px, T = 2).
 - ``<name>-avg`` (config ``pool: "avg"``): every shortcut pooling is an average pool with the
   same kernel and stride instead of the paper's max pool (``pool: "max"``, the default).
@@ -49,6 +52,7 @@ from spikedet.train.models.ems_blocks import (
     ConcatBlock,
     EMSConvBN,
     Sample,
+    SiLUConv,
 )
 
 _COCO_ANCHORS = [[[10, 14], [23, 27], [37, 58]], [[81, 82], [135, 169], [344, 319]]]
@@ -58,7 +62,10 @@ AVG_SUFFIX = "-avg"  # model name suffix of the average-pool variant
 
 _CONFIG_KEYS = ("name", "nc", "T", "imgsz", "family", "stem", "widths", "extras", "anchors")
 # Keys a config may lack (checkpoints written before they existed): their defaults.
-_OPTIONAL_KEYS: dict[str, Any] = {"pool": "max", "in_channels": 3}
+# ``head``: "lcb" (spiking LIF -> conv -> BN head layers) or "silu" (the released resnet34-cat's
+# conv -> BN -> SiLU-membrane ``Conv`` layers, full width only; not spike-driven).
+_OPTIONAL_KEYS: dict[str, Any] = {"pool": "max", "in_channels": 3, "head": "lcb"}
+HEAD_KINDS = ("lcb", "silu")
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     "ems-res10": {"family": "ee", "stem": [32, 3], "extras": [0, 0, 0, 0]},
@@ -72,6 +79,18 @@ _CONFIGS: dict[str, dict[str, Any]] = {
         "T": 4,
         "imgsz": 640,
         "anchors": _COCO_ANCHORS,
+    },
+    # The released COCO checkpoint exactly (runs/train/opt.yaml: models/resnet34-cat.yaml; T = 5,
+    # models/yolo.py ``time_window``); the paper's T = 4 is ``T=4``.
+    "ems-res34-cat": {
+        "family": "full",
+        "stem": [64, 7],
+        "extras": [2, 3, 5, 2],
+        "nc": 80,
+        "T": 5,
+        "imgsz": 640,
+        "anchors": _COCO_ANCHORS,
+        "head": "silu",
     },
     "ems-pico": {
         "family": "ee",
@@ -143,17 +162,23 @@ class EMSYOLO(nn.Module):
         self.stages = nn.ModuleList(stages)
         # Head (YOLOv3-tiny style): P5 branch, lateral 1x1, x2 up, concat with P4, P4 branch.
         self.h1 = BasicBlock(w5, w5 // 2, 3, 1, half=half)
+        full_head = SiLUConv if cfg["head"] == "silu" else LCB
         self.p5_out: nn.Module = (
-            ConcatBlock(w5 // 2, w5, 3, 1, half=True) if half else LCB(w5 // 2, w5, 3)
+            ConcatBlock(w5 // 2, w5, 3, 1, half=True) if half else full_head(w5 // 2, w5, 3)
         )
         self.lateral = BasicBlock(w5 // 2, w5 // 4, 1, 1, half=half)
         self.up = Sample()
         cat = w5 // 4 + w4
-        self.p4_out: nn.Module = BasicBlock(cat, w4, 3, 1, half=True) if half else LCB(cat, w4, 3)
+        self.p4_out: nn.Module = (
+            BasicBlock(cat, w4, 3, 1, half=True) if half else full_head(cat, w4, 3)
+        )
         self.detect = AnchorDetect([w4, w5], self.nc, cfg["anchors"])
+        for name, module in self.named_modules():  # errors from trace name the module path
+            module.export_name = name
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        y = self.stem(time_first(x, self.T, self.in_channels, 32, self.name))
+    def forward(self, x: Tensor, layout: str = "TB") -> list[Tensor]:
+        """``layout="BT"``: a 5-D input is ``[B, T, C, H, W]`` (models/yolo.py's order)."""
+        y = self.stem(time_first(x, self.T, self.in_channels, 32, self.name, layout))
         feats = []
         for stage in self.stages:
             y = stage(y)
@@ -228,6 +253,7 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
             "anchors": [[[float(v) for v in wh] for wh in scale] for scale in config["anchors"]],
             "pool": str(config.get("pool", _OPTIONAL_KEYS["pool"])),
             "in_channels": int(config.get("in_channels", _OPTIONAL_KEYS["in_channels"])),
+            "head": str(config.get("head", _OPTIONAL_KEYS["head"])),
         }
     except (TypeError, ValueError) as err:
         raise SpikedetError(f"bad value type: {err}", where) from err
@@ -253,6 +279,8 @@ def _validated(config: dict[str, Any]) -> dict[str, Any]:
         ),
         (cfg["imgsz"] % 32 == 0, "imgsz must be a multiple of 32"),
         (cfg["pool"] in POOL_KINDS, f"pool must be one of {list(POOL_KINDS)}"),
+        (cfg["head"] in HEAD_KINDS, f"head must be one of {list(HEAD_KINDS)}"),
+        (cfg["head"] == "lcb" or cfg["family"] == "full", "the silu head needs family full"),
     ]
     for ok, msg in checks:
         if not ok:

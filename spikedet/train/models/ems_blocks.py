@@ -19,6 +19,7 @@ from spikedet.train.neurons import LIF
 V_TH = 0.5  # EMS LIF threshold; BN weights are initialised relative to it
 BN_INIT = V_TH  # ordinary BN weight
 BN_INIT_LAST = 0.2 * V_TH  # last BN of every residual branch (EMS-YOLO's batch_norm_2d1)
+DECAY = 0.25  # EMS LIF decay (models/common.py ``decay``)
 NUM_ANCHORS = 3
 STRIDES = (16, 32)
 POOL_KINDS = ("max", "avg")
@@ -39,11 +40,65 @@ class LCB(nn.Module):
         return g.conv(g.spikes(x, self.lif), self.cb)
 
 
+class SiLUMembrane(nn.Module):
+    """EMS-YOLO's ``mem_update(act=True)``: a non-spiking membrane that outputs SiLU(u),
+    u_t = u_{t-1} * 0.25 * (1 - SiLU(u_{t-1})) + x_t (the official float order), u_0 = x_0.
+
+    The official input is batch_norm_2d's output, a ``[T, B, C, H, W]`` view of a
+    ``[C, B, T, H, W]``-contiguous tensor; torch's SiLU rounds differently on that layout
+    (scalar instead of vectorised exp on short rows), so the same layout is used here."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(2, 1, 0, 3, 4).contiguous().permute(2, 1, 0, 3, 4)
+        out = torch.zeros_like(x)
+        mem = x[0]
+        out[0] = F.silu(mem)
+        for t in range(1, x.shape[0]):
+            mem = mem * DECAY * (1 - out[t - 1].detach()) + x[t]
+            out[t] = F.silu(mem)
+        return out
+
+
+class SiLUConv(nn.Module):
+    """The official ``Conv`` head layer of ``resnet34-cat`` / ``resnet18``: conv (no bias) -> BN ->
+    SiLU membrane. It reads a real-valued current and sends real values to Detect: not
+    spike-driven, so it has no NIR export (``trace`` refuses, naming the layer)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3):
+        super().__init__()
+        self.cb = EMSConvBN(cin, cout, k, 1)
+        self.act = SiLUMembrane()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.cb(x))
+
+    def trace(self, g: Builder, x: Current) -> Current:
+        where = getattr(self, "export_name", "") or "SiLUConv"
+        raise SpikedetError(
+            "official SiLU head layer (conv -> BN -> non-spiking SiLU membrane) is not "
+            "spike-driven: it has no NIR / hardware form (use the spiking-head model instead)",
+            where,
+        )
+
+
 def per_step(module: nn.Module, x: Tensor) -> Tensor:
     """Apply a per-frame module to ``[T, B, ...]`` by folding time into the batch."""
     t, b = x.shape[:2]
     y = module(x.flatten(0, 1))
     return y.view(t, b, *y.shape[1:])
+
+
+class StepConv2d(nn.Conv2d):
+    """EMS-YOLO's ``Snn_Conv2d``: the conv runs once per time step on ``[B, ...]`` (float32
+    sums depend on the batch a conv kernel sees, so folding T into the batch is not bit-exact
+    with the official model). Takes ``[T, B, C, H, W]`` and returns the time-folded
+    ``[T*B, C', H', W']`` (one module call, so hooks see the whole spike tensor); a 4-D input is
+    an ordinary conv."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4:
+            return super().forward(x)
+        return torch.cat([super(StepConv2d, self).forward(x[t]) for t in range(x.shape[0])])
 
 
 class EMSConvBN(nn.Module):
@@ -54,13 +109,14 @@ class EMSConvBN(nn.Module):
 
     def __init__(self, cin: int, cout: int, k: int = 1, s: int = 1, bn_init: float = BN_INIT):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, s, k // 2, bias=False)
+        self.conv = StepConv2d(cin, cout, k, s, k // 2, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
         nn.init.constant_(self.bn.weight, bn_init)
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return per_step(self.bn, per_step(self.conv, x))
+        y = self.bn(self.conv(x))
+        return y.view(x.shape[0], x.shape[1], *y.shape[1:])
 
 
 class Pool(nn.Module):
@@ -183,7 +239,7 @@ class AnchorDetect(nn.Module):
         super().__init__()
         self.nc, self.no = nc, nc + 5
         self.register_buffer("anchors", torch.tensor(anchors, dtype=torch.float32))
-        self.convs = nn.ModuleList(nn.Conv2d(c, NUM_ANCHORS * self.no, 1) for c in cins)
+        self.convs = nn.ModuleList(StepConv2d(c, NUM_ANCHORS * self.no, 1) for c in cins)
         with torch.no_grad():
             for conv, stride in zip(self.convs, STRIDES):
                 b = conv.bias.view(NUM_ANCHORS, self.no)
@@ -191,7 +247,16 @@ class AnchorDetect(nn.Module):
                 b[:, 5:] += math.log(0.6 / (nc - 0.99))
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
-        return [per_step(conv, f).mean(0) for conv, f in zip(self.convs, feats)]
+        # sum / T in this order, as models/yolo.py Detect (x.sum(dim=0) / T), not mean().
+        out = []
+        for conv, f in zip(self.convs, feats):
+            y = conv(f)
+            t, b, h, w = f.shape[0], f.shape[1], y.shape[-2], y.shape[-1]
+            # The official [T, B, na, H, W, no] layout: torch's sum over T rounds by layout.
+            y = y.view(t, b, NUM_ANCHORS, self.no, h, w).permute(0, 1, 2, 4, 5, 3).contiguous()
+            y = y.sum(dim=0) / t
+            out.append(y.permute(0, 1, 4, 2, 3).reshape(b, NUM_ANCHORS * self.no, h, w))
+        return out
 
     def trace(self, g: Builder, feats: list[Current]) -> list[str]:
         """One readout ``detect.k`` per stride; each 1x1 conv is composed into its current."""

@@ -76,6 +76,18 @@ for _scale, (_widths, _repeats, _p5_ratio) in _SCALES.items():
         "sep_kernel": 7,
     }
 
+# The released Gen1 checkpoint ("23M, T=2, D=4, Gen1"): the s scale on SpikeYOLO_for_Gen1's
+# neuron (tau = 2 LIF), 2 classes, 320 px letterbox, T = 2 (gen1.yaml: gen1_yolo_T2).
+_CONFIGS["spikeyolo-s-gen1"] = {
+    **copy.deepcopy(_CONFIGS["spikeyolo-s"]),
+    "name": "spikeyolo-s-gen1",
+    "nc": 2,
+    "names": ["car", "pedestrian"],
+    "imgsz": 320,
+    "T": 2,
+    "neuron": "gen1",
+}
+
 _CONFIGS["spikeyolo-v8-pico"] = {
     "name": "spikeyolo-v8-pico",
     "nc": 3,

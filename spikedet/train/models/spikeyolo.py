@@ -37,7 +37,7 @@ from spikedet.train.models.blocks import (
     time_first,
     time_mean,
 )
-from spikedet.train.neurons import ILIF
+from spikedet.train.neurons import ILIF, NEURONS, set_neuron
 
 STEM_STRIDE = 4
 
@@ -57,7 +57,12 @@ CONFIG_KEYS = (
     "sep_kernel",
     "head_hidden",
     "detect_stages",
+    "neuron",
 )
+
+# Keys a config may lack (checkpoints written before they existed): their defaults. ``neuron``:
+# "coco" (I-LIF beta 0.25, alpha 1) or "gen1" (SpikeYOLO_for_Gen1's tau = 2 LIF, ilif_gen1).
+OPTIONAL_KEYS = {"neuron": "coco"}
 
 
 class ScaleHead(nn.Module):
@@ -127,6 +132,8 @@ class SpikeYOLO(nn.Module):
             for i in self.detect_stages
         )
         self._init_head_bias()
+        self.neuron: str = cfg["neuron"]
+        set_neuron(self, self.neuron)
 
     def _init_head_bias(self) -> None:
         init_head_bias(self.head, self.strides, self.imgsz, self.nc)
@@ -135,11 +142,12 @@ class SpikeYOLO(nn.Module):
     def max_stride(self) -> int:
         return STEM_STRIDE * 2 ** (len(self.stages) - 1)
 
-    def _time_first(self, x: Tensor) -> Tensor:
-        return time_first(x, self.T, self.in_channels, self.max_stride, self.name)
+    def _time_first(self, x: Tensor, layout: str = "TB") -> Tensor:
+        return time_first(x, self.T, self.in_channels, self.max_stride, self.name, layout)
 
-    def forward(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-        y = self.stem(self._time_first(x))
+    def forward(self, x: Tensor, layout: str = "TB") -> list[tuple[Tensor, Tensor]]:
+        """``layout="BT"``: a 5-D input is ``[B, T, C, H, W]`` (the official Gen1 order)."""
+        y = self.stem(self._time_first(x, layout))
         feats: list[Tensor] = []
         for stage in self.stages:
             y = stage(y)
@@ -175,11 +183,13 @@ class SpikeYOLO(nn.Module):
 def _validated(config: dict[str, Any]) -> dict[str, Any]:
     """Check a model config and return a normalized JSON-serializable copy."""
     where = f"model config {config.get('name', '?')}"
-    missing = [k for k in CONFIG_KEYS if k not in config]
+    missing = [k for k in CONFIG_KEYS if k not in config and k not in OPTIONAL_KEYS]
     unknown = [k for k in config if k not in CONFIG_KEYS]
     if missing or unknown:
         raise SpikedetError(f"missing keys {missing}, unknown keys {unknown}", where)
-    cfg = {k: config[k] for k in CONFIG_KEYS}
+    cfg = {k: config.get(k, OPTIONAL_KEYS.get(k)) for k in CONFIG_KEYS}
+    if cfg["neuron"] not in NEURONS:
+        raise SpikedetError(f"neuron must be one of {list(NEURONS)}, got {cfg['neuron']!r}", where)
     try:
         for key in (
             "nc",

@@ -18,7 +18,12 @@ from spikedet.train.models.blocks import (
     time_first,
     time_mean,
 )
-from spikedet.train.models.spikeyolo import STEM_STRIDE, ScaleHead, init_head_bias
+from spikedet.train.models.spikeyolo import (
+    OPTIONAL_KEYS,
+    STEM_STRIDE,
+    ScaleHead,
+    init_head_bias,
+)
 from spikedet.train.models.yolo_blocks import (
     DFL,
     Concat,
@@ -28,6 +33,7 @@ from spikedet.train.models.yolo_blocks import (
     Upsample2x,
     reparameterize,
 )
+from spikedet.train.neurons import NEURONS, set_neuron
 
 # Keys of ``SpikeYOLOv8.config`` (the paper's full detectors, ``snn_yolov8.yaml``).
 FULL_CONFIG_KEYS = (
@@ -43,6 +49,7 @@ FULL_CONFIG_KEYS = (
     "repeats",
     "p5_ratio",
     "sep_kernel",
+    "neuron",
 )
 
 
@@ -106,11 +113,15 @@ class SpikeYOLOv8(nn.Module):
         )
         self.dfl = DFL(self.reg_max)
         init_head_bias(self.head, self.strides, self.imgsz, self.nc)
+        self.neuron: str = cfg["neuron"]
+        set_neuron(self, self.neuron)
         for name, module in self.named_modules():  # errors from trace name the module path
             module.export_name = name
 
-    def forward(self, x: Tensor) -> list[tuple[Tensor, Tensor]]:
-        x = self.l2(self.l1_stem(time_first(x, self.T, self.in_channels, 32, self.name)))
+    def forward(self, x: Tensor, layout: str = "TB") -> list[tuple[Tensor, Tensor]]:
+        """``layout="BT"``: a 5-D input is ``[B, T, C, H, W]`` (the official Gen1 order)."""
+        x = time_first(x, self.T, self.in_channels, 32, self.name, layout)
+        x = self.l2(self.l1_stem(x))
         p3 = self.l4(self.l3(x))
         p4 = self.l6(self.l5(p3))
         lat10 = self.l10(self.l9_sppf(self.l8(self.l7(p4))))
@@ -158,11 +169,13 @@ class SpikeYOLOv8(nn.Module):
 def _validated_full(config: dict[str, Any]) -> dict[str, Any]:
     """Check a SpikeYOLOv8 config and return a normalized JSON-serializable copy."""
     where = f"model config {config.get('name', '?')}"
-    missing = [k for k in FULL_CONFIG_KEYS if k not in config]
+    missing = [k for k in FULL_CONFIG_KEYS if k not in config and k not in OPTIONAL_KEYS]
     unknown = [k for k in config if k not in FULL_CONFIG_KEYS]
     if missing or unknown:
         raise SpikedetError(f"missing keys {missing}, unknown keys {unknown}", where)
-    cfg = {k: config[k] for k in FULL_CONFIG_KEYS}
+    cfg = {k: config.get(k, OPTIONAL_KEYS.get(k)) for k in FULL_CONFIG_KEYS}
+    if cfg["neuron"] not in NEURONS:
+        raise SpikedetError(f"neuron must be one of {list(NEURONS)}, got {cfg['neuron']!r}", where)
     try:
         for key in ("nc", "imgsz", "T", "levels", "reg_max", "in_channels", "p5_ratio"):
             cfg[key] = int(cfg[key])

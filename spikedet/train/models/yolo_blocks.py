@@ -28,6 +28,7 @@ from spikedet.train.models.blocks import (
     Current,
     MixerBlock,
     SpikeConv,
+    exact_slot_conv,
     seq_apply,
     slot_conv,
 )
@@ -51,6 +52,14 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     return scale, bn.bias - bn.running_mean * scale
 
 
+def pad_value(bn: nn.BatchNorm2d) -> Tensor:
+    """What BN gives a zero input, in the official float32 order (BICLab/SpikeYOLO @ 309ef5e,
+    ``yolo_spikformer.py`` BNAndPadLayer): bias - running_mean * weight / sqrt(var + eps).
+    ``bn_affine``'s bias - mean * (weight / sqrt(...)) rounds differently, which flips rare
+    spikes at T > 1 that then cascade."""
+    return bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+
+
 class BNAndPad(nn.Module):
     """BN, then pad ``pad`` pixels with the value BN gives a zero input: bias - mean*gamma/std.
 
@@ -69,7 +78,7 @@ class BNAndPad(nn.Module):
         if self.pad == 0:
             return y
         with torch.no_grad():
-            scale, shift = bn_affine(self.bn)
+            shift = pad_value(self.bn)
         border = F.pad(torch.zeros_like(x[:1, :1]), [self.pad] * 4, value=1.0)
         return F.pad(y, [self.pad] * 4) + border * shift.view(1, -1, 1, 1)
 
@@ -139,12 +148,17 @@ class RepSpikeConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         spikes = self.lif(x)
-        if self.lif.slots == 1:
+        if self.lif.slots == 1 and not self.lif.exact:
             return seq_apply(self.bn, seq_apply(self.rep, spikes))
         if self.training:
-            raise SpikedetError("binary spike mode of a RepConv chain needs eval mode", self.kind)
+            raise SpikedetError(
+                "binary or exact spike mode of a RepConv chain needs eval mode", self.kind
+            )
         weight, bias = self.rep.fused_weight_bias()
-        summed = slot_conv(spikes, self.lif.slots, weight, 1, 1)
+        if self.lif.exact:
+            summed = exact_slot_conv(spikes, self.lif.slots, weight, 1, 1, levels=self.lif.levels)
+        else:
+            summed = slot_conv(spikes, self.lif.slots, weight, 1, 1)
         return seq_apply(self.bn, summed + bias.view(1, 1, -1, 1, 1))
 
     @torch.no_grad()
@@ -312,5 +326,6 @@ __all__ = [
     "Upsample2x",
     "batchnorm",
     "bn_affine",
+    "pad_value",
     "reparameterize",
 ]
