@@ -176,16 +176,11 @@ def run_generic_deploy(opts: Any, log: Callable[[str], None] = print) -> dict:
     from spikedet.deploy.quantize import quantize
     from spikedet.deploy.report import summary_table, write_report
     from spikedet.sim.interface import compare
-    from spikedet.sim.registry import get_engine
+    from spikedet.sim.registry import available_engine, get_engine
 
     t0 = time.perf_counter()
     profile, cmos = resolve_target(opts.target), load_profile("cmos45nm")
-    lava = None
-    if opts.engine in ("lava", "both"):
-        lava = get_engine("lava")
-        ok, why = lava.available()
-        if not ok:
-            raise SpikedetError(why, "lava engine")
+    lava = available_engine("lava") if opts.engine in ("lava", "both") else None
     graph, fg, info, x, labels, conv = _prepare(opts)
     generic = info is not None
     outputs = info.outputs if generic else [p.name for p in fg.populations][-1:]

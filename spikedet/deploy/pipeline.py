@@ -151,7 +151,7 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     from spikedet.deploy.report import summary_table, write_report
     from spikedet.deploy.shard import run_fixed
     from spikedet.sim.interface import compare, readout_floats
-    from spikedet.sim.registry import get_engine
+    from spikedet.sim.registry import available_engine
 
     if opts.engine not in ENGINES:
         raise SpikedetError(f"unknown engine {opts.engine!r}; choose one of {ENGINES}", "--engine")
@@ -171,12 +171,7 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     profile = resolve_target(opts.target)
     cmos = load_profile("cmos45nm")
     # Ask for Lava up front: an unavailable engine is an error, never a silent fallback.
-    lava = None
-    if opts.engine in ("lava", "both"):
-        lava = get_engine("lava")
-        ok, why = lava.available()
-        if not ok:
-            raise SpikedetError(why, "lava engine")
+    lava = available_engine("lava") if opts.engine in ("lava", "both") else None
 
     t0 = time.perf_counter()
     fg = read_nir(nir_path)

@@ -36,3 +36,13 @@ def get_engine(name: str, **options: Any) -> Engine:
     raise SpikedetError(
         f"unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}", "engine"
     )
+
+
+def available_engine(name: str, **options: Any) -> Engine:
+    """``get_engine(name)``, refusing an engine that cannot run here: an unavailable engine is
+    an error naming why, never a silent fallback."""
+    engine = get_engine(name, **options)
+    ok, why = engine.available()
+    if not ok:
+        raise SpikedetError(why, f"{name} engine")
+    return engine

@@ -180,16 +180,23 @@ class SpikeYOLO(nn.Module):
         )
 
 
+def checked_keys(config: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``config`` restricted to ``keys`` (``OPTIONAL_KEYS`` filled in with their defaults): an
+    error names missing and unknown keys, or a neuron that is not one of ``NEURONS``."""
+    missing = [k for k in keys if k not in config and k not in OPTIONAL_KEYS]
+    unknown = [k for k in config if k not in keys]
+    if missing or unknown:
+        raise SpikedetError(f"missing keys {missing}, unknown keys {unknown}", where)
+    cfg = {k: config.get(k, OPTIONAL_KEYS.get(k)) for k in keys}
+    if cfg["neuron"] not in NEURONS:
+        raise SpikedetError(f"neuron must be one of {list(NEURONS)}, got {cfg['neuron']!r}", where)
+    return cfg
+
+
 def _validated(config: dict[str, Any]) -> dict[str, Any]:
     """Check a model config and return a normalized JSON-serializable copy."""
     where = f"model config {config.get('name', '?')}"
-    missing = [k for k in CONFIG_KEYS if k not in config and k not in OPTIONAL_KEYS]
-    unknown = [k for k in config if k not in CONFIG_KEYS]
-    if missing or unknown:
-        raise SpikedetError(f"missing keys {missing}, unknown keys {unknown}", where)
-    cfg = {k: config.get(k, OPTIONAL_KEYS.get(k)) for k in CONFIG_KEYS}
-    if cfg["neuron"] not in NEURONS:
-        raise SpikedetError(f"neuron must be one of {list(NEURONS)}, got {cfg['neuron']!r}", where)
+    cfg = checked_keys(config, CONFIG_KEYS, where)
     try:
         for key in (
             "nc",

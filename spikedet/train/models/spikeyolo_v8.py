@@ -19,9 +19,9 @@ from spikedet.train.models.blocks import (
     time_mean,
 )
 from spikedet.train.models.spikeyolo import (
-    OPTIONAL_KEYS,
     STEM_STRIDE,
     ScaleHead,
+    checked_keys,
     init_head_bias,
 )
 from spikedet.train.models.yolo_blocks import (
@@ -33,7 +33,7 @@ from spikedet.train.models.yolo_blocks import (
     Upsample2x,
     reparameterize,
 )
-from spikedet.train.neurons import NEURONS, set_neuron
+from spikedet.train.neurons import set_neuron
 
 # Keys of ``SpikeYOLOv8.config`` (the paper's full detectors, ``snn_yolov8.yaml``).
 FULL_CONFIG_KEYS = (
@@ -169,13 +169,7 @@ class SpikeYOLOv8(nn.Module):
 def _validated_full(config: dict[str, Any]) -> dict[str, Any]:
     """Check a SpikeYOLOv8 config and return a normalized JSON-serializable copy."""
     where = f"model config {config.get('name', '?')}"
-    missing = [k for k in FULL_CONFIG_KEYS if k not in config and k not in OPTIONAL_KEYS]
-    unknown = [k for k in config if k not in FULL_CONFIG_KEYS]
-    if missing or unknown:
-        raise SpikedetError(f"missing keys {missing}, unknown keys {unknown}", where)
-    cfg = {k: config.get(k, OPTIONAL_KEYS.get(k)) for k in FULL_CONFIG_KEYS}
-    if cfg["neuron"] not in NEURONS:
-        raise SpikedetError(f"neuron must be one of {list(NEURONS)}, got {cfg['neuron']!r}", where)
+    cfg = checked_keys(config, FULL_CONFIG_KEYS, where)
     try:
         for key in ("nc", "imgsz", "T", "levels", "reg_max", "in_channels", "p5_ratio"):
             cfg[key] = int(cfg[key])
