@@ -174,7 +174,7 @@ def run_generic_deploy(opts: Any, log: Callable[[str], None] = print) -> dict:
     from spikedet.deploy.mapping.mapper import map_graph
     from spikedet.deploy.profiles import load_profile, resolve_target
     from spikedet.deploy.quantize import quantize
-    from spikedet.deploy.report import summary_table, write_report
+    from spikedet.deploy.report import finish_report
     from spikedet.sim.interface import compare
     from spikedet.sim.registry import available_engine, get_engine
 
@@ -253,11 +253,6 @@ def run_generic_deploy(opts: Any, log: Callable[[str], None] = print) -> dict:
         log("[deploy] accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
     activity = count_activity(qg, fixed_res.spikes, x_int)
     report = energy_report(qg, mapping, activity, profile, cmos)
-    report["model"] = fg.metadata.get("spikedet.model", Path(opts.nir_path).stem)
-    report["target"], report["engine"], report["nir"] = opts.target, opts.engine, str(opts.nir_path)
-    validation["timing_s"]["deploy_total"] = round(time.perf_counter() - t0, 3)
-    report["validation"] = validation
-    write_report(opts.out, report)
-    log(f"[deploy] report written to {opts.out}/report.md")
-    log(summary_table(report))
-    return report
+    model = fg.metadata.get("spikedet.model", Path(opts.nir_path).stem)
+    meta = {"model": model, "target": opts.target, "engine": opts.engine, "nir": str(opts.nir_path)}
+    return finish_report(opts.out, report, meta, validation, t0, log)

@@ -148,7 +148,7 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     from spikedet.deploy.nir_read import check_head, read_nir
     from spikedet.deploy.profiles import load_profile, resolve_target
     from spikedet.deploy.quantize import quantize
-    from spikedet.deploy.report import summary_table, write_report
+    from spikedet.deploy.report import finish_report
     from spikedet.deploy.shard import run_fixed
     from spikedet.sim.interface import compare, readout_floats
     from spikedet.sim.registry import available_engine
@@ -241,13 +241,6 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
 
     activity = count_activity(qg, fixed_res.spikes, x_int)
     report = energy_report(qg, mapping, activity, profile, cmos)
-    report["model"] = fg.metadata.get("spikedet.model", nir_path.stem)
-    report["target"] = opts.target
-    report["engine"] = opts.engine
-    report["nir"] = str(nir_path)
-    validation["timing_s"]["deploy_total"] = round(time.perf_counter() - t0, 3)
-    report["validation"] = validation
-    write_report(opts.out, report)
-    log(f"[deploy] report written to {opts.out}/report.md")
-    log(summary_table(report))
-    return report
+    model = fg.metadata.get("spikedet.model", nir_path.stem)
+    meta = {"model": model, "target": opts.target, "engine": opts.engine, "nir": str(nir_path)}
+    return finish_report(opts.out, report, meta, validation, t0, log)

@@ -32,6 +32,7 @@ counts and energies are per inference (averaged over the simulated samples); ene
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from spikedet.deploy.report_format import (
@@ -315,6 +316,21 @@ def _headline(validation: dict) -> list[str]:
                 text = "; ".join(parts)
                 lines.append(f"  {key}: {text[:160] + ('...' if len(text) > 160 else '')}")
     return lines
+
+
+def finish_report(
+    out_dir: str | Path, report: dict, meta: dict, validation: dict, t0: float, log
+) -> dict:
+    """The last step of ``deploy`` (both paths): ``meta`` (model, target, engine, nir) and the
+    ``validation`` with the total time since ``t0`` added to the energy ``report``, written to
+    ``out_dir`` and summarised through ``log``."""
+    report.update(meta)
+    validation["timing_s"]["deploy_total"] = round(time.perf_counter() - t0, 3)
+    report["validation"] = validation
+    write_report(out_dir, report)
+    log(f"[deploy] report written to {out_dir}/report.md")
+    log(summary_table(report))
+    return report
 
 
 def summary_table(report: dict) -> str:

@@ -41,16 +41,11 @@ from spikedet.train.neurons import ILIF, NEURONS, set_neuron
 
 STEM_STRIDE = 4
 
+# Config keys of both SpikeYOLO layouts (this one and ``spikeyolo_v8``).
+SHARED_CONFIG_KEYS = ("name", "nc", "names", "imgsz", "T", "levels", "reg_max", "in_channels")
 # Keys of ``SpikeYOLO.config``; every one is needed to rebuild the model.
 CONFIG_KEYS = (
-    "name",
-    "nc",
-    "names",
-    "imgsz",
-    "T",
-    "levels",
-    "reg_max",
-    "in_channels",
+    *SHARED_CONFIG_KEYS,
     "widths",
     "blocks",
     "ratio",

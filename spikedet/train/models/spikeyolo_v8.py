@@ -19,6 +19,7 @@ from spikedet.train.models.blocks import (
     time_mean,
 )
 from spikedet.train.models.spikeyolo import (
+    SHARED_CONFIG_KEYS,
     STEM_STRIDE,
     ScaleHead,
     checked_keys,
@@ -37,14 +38,7 @@ from spikedet.train.neurons import set_neuron
 
 # Keys of ``SpikeYOLOv8.config`` (the paper's full detectors, ``snn_yolov8.yaml``).
 FULL_CONFIG_KEYS = (
-    "name",
-    "nc",
-    "names",
-    "imgsz",
-    "T",
-    "levels",
-    "reg_max",
-    "in_channels",
+    *SHARED_CONFIG_KEYS,
     "widths",
     "repeats",
     "p5_ratio",
