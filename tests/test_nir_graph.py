@@ -404,7 +404,7 @@ def test_reference_engine_matches_float_numpy_and_agreement(tmp_path: Path) -> N
     assert all(np.allclose(one_by_one[1][n], v, atol=1e-6) for n, v in readouts.items())
     want_spikes, want_readouts = float_run(fg, x_int / 255.0)
     for name, want in want_spikes.items():  # torch float32 vs numpy float64: ties aside, equal
-        assert spikes[name].dtype == np.int64 and np.mean(spikes[name] == want) >= 0.99, name
+        assert spikes[name].dtype == np.int8 and np.mean(spikes[name] == want) >= 0.99, name
     for name, want in want_readouts.items():
         assert readouts[name].dtype == np.float32
         assert np.allclose(readouts[name], want, atol=1e-3), name

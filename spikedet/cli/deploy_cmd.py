@@ -38,13 +38,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", default="val", help="dataset split to evaluate (default: val)")
     p.add_argument("--samples", type=int, default=2, help="images run through Lava (default 2)")
-    p.add_argument("--batch", type=int, default=32, help="images per fixed-engine batch")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=32,
+        help="images per batch, fixed engine and float reference (default 32)",
+    )
     p.add_argument(
         "--workers",
         type=int,
         default=1,
         help="processes sharing the dataset's images on the fixed engine (results identical "
-        "to one process; default 1)",
+        "to one process; default 1). Under torchrun each rank (machine) runs its shard with "
+        "this many processes and rank 0 writes the merged report",
+    )
+    p.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no progress line (images done, images/s, time left) on stderr",
     )
     p.add_argument(
         "--no-reference",
@@ -83,27 +95,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from spikedet.deploy.pipeline import DeployOptions, run_deploy
+def _silent(line: str) -> None:
+    """The log of torchrun ranks other than 0: rank 0 reports for all."""
 
-    run_deploy(
-        DeployOptions(
-            nir_path=args.nir,
-            out=args.out,
-            target=args.target,
-            engine=args.engine,
-            data=args.data,
-            dataset=args.dataset,
-            split=args.split,
-            samples=args.samples,
-            batch=args.batch,
-            workers=args.workers,
-            reference=args.reference,
-            input=args.input,
-            labels=args.labels,
-            dt=args.dt,
-            reset=args.reset,
-            input_scale=args.input_scale,
+
+def run(args: argparse.Namespace) -> int:
+    from spikedet.deploy.distributed import close, from_env, world_size
+    from spikedet.deploy.pipeline import DeployOptions, run_deploy
+    from spikedet.errors import SpikedetError
+
+    if args.input is not None and world_size() > 1:
+        raise SpikedetError(
+            "--input runs in one process; torchrun shards a detection dataset (--data)", "--input"
         )
+    ranks = from_env()  # rank 0 of 1 outside torchrun
+    opts = DeployOptions(
+        nir_path=args.nir,
+        out=args.out,
+        target=args.target,
+        engine=args.engine,
+        data=args.data,
+        dataset=args.dataset,
+        split=args.split,
+        samples=args.samples,
+        batch=args.batch,
+        workers=args.workers,
+        reference=args.reference,
+        input=args.input,
+        labels=args.labels,
+        dt=args.dt,
+        reset=args.reset,
+        input_scale=args.input_scale,
+        ranks=ranks,
+        progress=args.progress,
     )
+    try:
+        run_deploy(opts, log=print if ranks.is_main else _silent)
+    finally:
+        close(ranks)
     return 0

@@ -121,6 +121,8 @@ def _chain(qg: QuantGraph) -> list[tuple[QPopulation, QSynapse, LavaLif]]:
         params, why = lava_lif(qg, pop)
         if params is None:
             _fail(why, where)
+        if pop.kind == "li" or params.reset_mode != "zero" or params.u_bias.size:
+            _fail("a readout, reset by subtraction or a current bias (no netx form)", where)
         incoming = qg.incoming(pop.name)
         if len(incoming) != 1:
             _fail(f"{len(incoming)} incoming synapses (a shortcut or sum)", where)

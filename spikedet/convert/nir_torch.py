@@ -25,6 +25,14 @@ count = sum of the Threshold nodes they feed), EMS LIF (§2.5) LIF nodes with ``
 binary output) and max-pooled spikes (§2.7b, Threshold nodes ``M.q{k}`` with ``"maxpool"``,
 summed per ``M``). Readouts are the ``I`` nodes: the final value, divided by T when
 ``metadata["spikedet.readout"] == "mean"`` (§2.4).
+
+Execution (the same values, less work): convs tagged ``spikedet.groups`` run grouped and
+convs writing part of a concatenation (``spikedet.out_offset``) compute only their rows, after
+checking that the weights left out are zero (``nir_torch_weights``); constant per-neuron
+arrays are held compact; without ``record`` a step program (``nir_torch_plan``) computes each
+distinct value once, frees it after its last use and skips nodes nothing reads. Summation
+orders inside a conv differ from the expanded conv's, so results agree with it to float
+rounding (bit for bit where the sums are exact, tests/test_reference_speed.py).
 """
 
 from __future__ import annotations
@@ -43,6 +51,15 @@ from torch import Tensor, nn
 
 from spikedet.convert import nir_steps
 from spikedet.convert.nir_format import check_format, meta_str, pool_spec
+from spikedet.convert.nir_torch_plan import (
+    Planner,
+    Ref,
+    execute,
+    materialize,
+    run_every_node,
+    topological_order,
+)
+from spikedet.convert.nir_torch_weights import compact_param, conv_spec
 from spikedet.deploy.nir_flat import flatten, split_edges
 from spikedet.errors import SpikedetError
 from spikedet.nirio import read_graph
@@ -115,14 +132,17 @@ class NIRExecutor(nn.Module):
         if not self.inputs:
             raise SpikedetError("graph has no Input node", "NIR graph")
         self.forward_in, self.recurrent_in = split_edges(self.names, edges, self.inputs)
-        self.order = _topological_order(self.names, self.forward_in)
+        self.order = topological_order(self.names, self.forward_in)
         self.recurrent_sources = sorted({s for srcs in self.recurrent_in.values() for s in srcs})
         self.input_shapes = {
             n: tuple(int(v) for v in np.asarray(nodes[n].input_type["input"]).reshape(-1))
             for n in self.inputs
         }
         self.static: dict[str, dict[str, Any]] = {}
+        self.conv_specs: dict[str, dict[str, Any]] = {}
         self._buffer_names: dict[str, dict[str, str]] = {}
+        self._full_shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._identity: dict[str, tuple[bool, bool]] = {}  # LI/LIF: (gain == 1, leak == 0)
         for index, name in enumerate(self.names):
             self._prepare(index, name, nodes[name])
         self.populations = self._find_populations(nodes, edges)
@@ -132,13 +152,26 @@ class NIRExecutor(nn.Module):
             if self.kinds[n] in (READOUT_KINDS if self.generic else ("I",))
         }
         self.to(device)
+        for name, kind in self.kinds.items():
+            if kind in ("LI", "LIF"):
+                self._identity[name] = (
+                    _is_scalar(self._compact(name, "gain"), 1.0),
+                    _is_scalar(self._compact(name, "leak"), 0.0),
+                )
+        self.planner = Planner(self)
 
     # -- construction -----------------------------------------------------------------------
 
     def _tensor(self, index: int, node_name: str, field: str, value: Any) -> None:
-        """Register a node array as a buffer (so ``.to()`` moves it); names must be dot-free."""
+        """Register a node array as a buffer (so ``.to()`` moves it); names must be dot-free.
+
+        Elementwise parameters (all but weights, biases and pooling ones) are stored compact
+        (``compact_param``) and broadcast back to their shape when read."""
         buffer = f"n{index}_{field}"
         value = np.asarray(value)
+        if field not in ("weight", "bias", "ones"):
+            self._full_shapes[node_name, field] = value.shape
+            value = compact_param(value)
         # float32 arrays go straight to a float32 buffer (exact); anything else via float64.
         source = value if value.dtype == np.float32 else value.astype(np.float64)
         self.register_buffer(buffer, torch.tensor(source, dtype=self.dtype))
@@ -148,13 +181,17 @@ class NIRExecutor(nn.Module):
         kind = self.kinds[name]
         if kind in nir_steps.EXTRA_KINDS:
             nir_steps.prepare(self, index, name, node)
-        elif kind == "Conv2d":
-            self._tensor(index, name, "weight", node.weight)
-            self._tensor(index, name, "bias", node.bias)
-            padding = node.padding if isinstance(node.padding, str) else _pair(node.padding)
+        elif kind == "Conv2d":  # grouped and cut to its non-zero rows (nir_torch_weights)
+            spec = conv_spec(name, node, np.float64 if self.dtype == torch.float64 else np.float32)
+            self._tensor(index, name, "weight", spec.weight)
+            self._tensor(index, name, "bias", spec.bias)
             self.static[name] = {
-                "stride": _pair(node.stride), "padding": padding,
-                "dilation": _pair(node.dilation), "groups": int(node.groups),
+                "stride": spec.stride, "padding": spec.padding,
+                "dilation": spec.dilation, "groups": spec.groups,
+            }  # fmt: skip
+            self.conv_specs[name] = {
+                "signature": spec.signature(), "offset": spec.offset,
+                "channels": spec.channels, "placed": spec.placed,
             }  # fmt: skip
         elif kind in ("Affine", "Linear"):
             self._tensor(index, name, "weight", node.weight)
@@ -204,19 +241,34 @@ class NIRExecutor(nn.Module):
                 pops.setdefault(match.group(1) if match else name, []).append(name)
         return pops
 
-    def _p(self, name: str, field: str) -> Tensor:
+    def _compact(self, name: str, field: str) -> Tensor:
         return getattr(self, self._buffer_names[name][field])
+
+    def _p(self, name: str, field: str) -> Tensor:
+        """A node's parameter; a compact one broadcast (a view) to its full shape."""
+        value = self._compact(name, field)
+        shape = self._full_shapes.get((name, field))
+        return value if shape is None or tuple(value.shape) == shape else value.expand(shape)
 
     # -- execution --------------------------------------------------------------------------
 
     def forward(self, x: Tensor, T: int | None = None) -> ExecResult:
         return self.run(x, T)
 
-    @torch.no_grad()
-    def run(self, x: Tensor, T: int | None = None, record: bool = False) -> ExecResult:
+    @torch.inference_mode()
+    def run(
+        self,
+        x: Tensor,
+        T: int | None = None,
+        record: bool = False,
+        spike_dtype: torch.dtype = torch.int64,
+    ) -> ExecResult:
         """Run T steps on ``x`` ([B, C, H, W] repeated each step, or [T, B, C, H, W]).
 
-        ``record`` also returns every node's output per step in ``node_outputs``.
+        ``record`` evaluates every node in order and also returns every node's output per
+        step in ``node_outputs``; otherwise the step program of ``nir_torch_plan`` computes
+        the same spikes and readouts with each distinct value once. Spike counts are
+        ``spike_dtype`` (``spike_dtype_for`` gives the narrowest exact one).
         """
         if len(self.inputs) != 1:
             raise SpikedetError(f"run() feeds one Input node, graph has {self.inputs}", "NIR graph")
@@ -241,31 +293,10 @@ class NIRExecutor(nn.Module):
                 input_name,
             )
         state: dict[str, Tensor] = {}
-        previous: dict[str, Tensor] = {}
-        spikes: dict[str, list[Tensor]] = {p: [] for p in self.populations}
-        recorded: dict[str, list[Tensor]] = {n: [] for n in self.names} if record else {}
-        for frame in frames:
-            out: dict[str, Tensor] = {}
-            for name in self.order:
-                if self.kinds[name] == "Input":
-                    out[name] = frame
-                    continue
-                parts = [out[s] for s in self.forward_in[name]]
-                parts += [previous[s] for s in self.recurrent_in[name] if s in previous]
-                if not parts:
-                    raise SpikedetError("node has no input at this step", name)
-                total = parts[0]
-                for part in parts[1:]:
-                    total = total + part
-                out[name] = self._step(name, total, state)
-            for pop, thresholds in self.populations.items():
-                count = out[thresholds[0]]
-                for q in thresholds[1:]:
-                    count = count + out[q]
-                spikes[pop].append(count.round().to(torch.int64))
-            previous = {s: out[s] for s in self.recurrent_sources}
-            for name in recorded:
-                recorded[name].append(out[name])
+        if record:
+            spikes, recorded = run_every_node(self, frames, state, spike_dtype)
+        else:
+            spikes, recorded = execute(self.planner, frames, state, spike_dtype), {}
         steps = len(frames)
         readouts = {
             n: state[n] / steps if mean else state[n].clone()
@@ -278,6 +309,11 @@ class NIRExecutor(nn.Module):
             node_outputs={n: torch.stack(v) for n, v in recorded.items()} if record else None,
         )
 
+    def spike_dtype_for(self) -> torch.dtype:
+        """The narrowest integer type that holds every population's largest count."""
+        largest = max((len(nodes) for nodes in self.populations.values()), default=1)
+        return torch.int8 if largest <= 127 else torch.int16 if largest <= 32767 else torch.int64
+
     def _step(self, name: str, x: Tensor, state: dict[str, Tensor]) -> Tensor:
         """One node, one step: ``x`` is its summed input; neuron state lives in ``state``."""
         kind = self.kinds[name]
@@ -285,8 +321,11 @@ class NIRExecutor(nn.Module):
             return x
         if kind in nir_steps.EXTRA_KINDS:
             return nir_steps.step(self, name, x, state)
-        if kind == "Conv2d":
-            return F.conv2d(x, self._p(name, "weight"), self._p(name, "bias"), **self.static[name])
+        if kind == "Conv2d":  # the node's full output: the computed rows placed
+            conv = F.conv2d(x, self._p(name, "weight"), self._p(name, "bias"), **self.static[name])
+            spec = self.conv_specs[name]
+            placed = Ref(None, spec["offset"], spec["channels"]) if spec["placed"] else None
+            return conv if placed is None else materialize(placed, {None: conv})
         if kind == "Affine":
             return F.linear(x, self._p(name, "weight"), self._p(name, "bias"))
         if kind == "Linear":
@@ -304,8 +343,10 @@ class NIRExecutor(nn.Module):
                 x, start + 1 if start >= 0 else start, end + 1 if end >= 0 else end
             )
         v = state.get(name)
-        if kind in ("LI", "LIF"):
-            drive = self._p(name, "gain") * x + self._p(name, "leak")
+        if kind in ("LI", "LIF"):  # a gain of exactly 1 / leak of exactly 0 changes no value
+            unit_gain, zero_leak = self._identity[name]
+            drive = x if unit_gain else self._p(name, "gain") * x
+            drive = drive if zero_leak else drive + self._p(name, "leak")
             v = drive if v is None else self._p(name, "keep") * v + drive
         else:  # I, IF
             drive = self._p(name, "gain") * x
@@ -333,29 +374,5 @@ class NIRExecutor(nn.Module):
         return F.conv2d(x, ones, None, st["stride"], st["padding"], 1, channels)
 
 
-def _pair(value: Any) -> tuple[int, int]:
-    arr = np.asarray(value).reshape(-1)
-    return (int(arr[0]), int(arr[0])) if arr.size == 1 else (int(arr[0]), int(arr[1]))
-
-
-def _topological_order(names: list[str], forward_in: dict[str, list[str]]) -> list[str]:
-    """Kahn's algorithm over the forward edges, ties broken by node order (deterministic)."""
-    pending = {n: len(forward_in[n]) for n in names}
-    consumers: dict[str, list[str]] = {n: [] for n in names}
-    for dst, srcs in forward_in.items():
-        for src in srcs:
-            consumers[src].append(dst)
-    rank = {n: i for i, n in enumerate(names)}
-    ready = sorted((n for n in names if pending[n] == 0), key=rank.__getitem__)
-    order: list[str] = []
-    while ready:
-        node = ready.pop(0)
-        order.append(node)
-        for dst in consumers[node]:
-            pending[dst] -= 1
-            if pending[dst] == 0:
-                ready.append(dst)
-        ready.sort(key=rank.__getitem__)
-    if len(order) != len(names):  # cannot happen after split_edges; kept as a guard
-        raise SpikedetError("forward edges contain a cycle", "NIR graph")
-    return order
+def _is_scalar(value: Tensor, target: float) -> bool:
+    return value.numel() == 1 and float(value.reshape(-1)[0]) == target

@@ -40,7 +40,7 @@ from spikedet.deploy.mapping.tiles import reach, unit_intervals
 from spikedet.deploy.paper_energy import paper_energy
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
-from spikedet.sim.qgraph import QuantGraph
+from spikedet.sim.qgraph import READOUT_KINDS, QuantGraph
 
 __all__ = [
     "Activity",
@@ -66,6 +66,8 @@ def _layer_type(qg: QuantGraph, name: str) -> str:
     kind = qg.pop(name).kind
     if kind in ("readout", "maxpool"):
         return kind
+    if kind in READOUT_KINDS:  # li: a leaky readout
+        return "readout"
     return "encoding" if any(s.src == "input" for s in qg.incoming(name)) else "spiking"
 
 

@@ -41,7 +41,7 @@ from spikedet.deploy.mapping.geometry import (
     pool_edge,
 )
 from spikedet.errors import SpikedetError
-from spikedet.sim.qgraph import QuantGraph
+from spikedet.sim.qgraph import READOUT_KINDS, QuantGraph
 
 CHUNK = 4  # samples processed at once when building [T, chunk, C, H, W] indicator maps
 
@@ -225,7 +225,7 @@ def count_activity(qg: QuantGraph, spikes: dict, x_int: np.ndarray | None) -> Ac
     T = qg.T
     maps: dict[str, np.ndarray] = {}
     for p in qg.populations:
-        if p.kind == "readout":
+        if p.kind in READOUT_KINDS:  # integrate (I) or leak (li), never send
             continue
         if p.name not in spikes and p.kind != "maxpool":
             raise SpikedetError("no spikes recorded for this population", f"population {p.name}")
@@ -243,7 +243,7 @@ def count_activity(qg: QuantGraph, spikes: dict, x_int: np.ndarray | None) -> Ac
         x_sent = (_as_steps(x_int, T, "input x_int", qg.input.shape) != 0).astype(np.uint8)
     if any(m.shape[1] != B for m in maps.values()) or x_sent.shape[1] != B:
         raise SpikedetError("populations and input disagree on the batch size", "activity")
-    spiking = [p for p in qg.populations if p.kind != "readout"]
+    spiking = [p for p in qg.populations if p.kind not in READOUT_KINDS]
     v_steps = max((levels_of(qg, p) for p in spiking), default=1)
     hw = hardware_view(qg)
     # What each source sends per step: spike values; the graded input counts as one message.

@@ -27,7 +27,7 @@ from spikedet.deploy.mapping.geometry import conv_edge, cover_counts, hardware_v
 from spikedet.deploy.mapping.mapper import Mapping, destination_cores
 from spikedet.deploy.profiles import HardwareProfile
 from spikedet.errors import SpikedetError
-from spikedet.sim.qgraph import QInput, QuantGraph
+from spikedet.sim.qgraph import READOUT_KINDS, QInput, QuantGraph
 
 
 def resize(qg: QuantGraph, size: int) -> QuantGraph:
@@ -102,7 +102,7 @@ def estimate(
         synops = sum(rate(src) * n * T for src, n in conns.get(p.name, {}).items())
         updates = float(lm.compartments * T)
         messages = 0.0
-        if p.kind != "readout":
+        if p.kind not in READOUT_KINDS:
             messages = rate(p.name) * T * float(destination_cores(qg, mapping, p.name).sum())
         dyn = (
             synops * profile.e_synop_pj

@@ -10,8 +10,13 @@ Shared by the generic parser (``spikedet.deploy.nir_generic``) and the float exe
   its Input and Output are identities and disappear). Nesting is resolved recursively.
 - ``split_edges``: an iterative depth-first search from the Input nodes, children in edge
   order; an edge into a node still on the search stack closes a cycle and is *recurrent* (it
-  delivers its source's output of the previous step, as in nirtorch); every other edge is
-  forward. Every node must be reachable from an Input.
+  delivers its source's output of the previous step, as nirtorch's ``GraphExecutor`` reads a
+  node not yet computed in the step from the previous step's cache); every other edge is
+  forward. The forward edges form a DAG (an edge to a finished node is a cross or forward
+  edge), so every cycle — a self-loop or one through several populations — holds at least one
+  recurrent edge and is broken there, deterministically for a given file: the edge that
+  returns to the node the search entered the loop by. Every node must be reachable from an
+  Input.
 """
 
 from __future__ import annotations

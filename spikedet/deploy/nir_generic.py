@@ -1,8 +1,8 @@
 """Any NIR graph (written by snnTorch, norse, sinabs, rockpool, ...) -> FloatGraph (no torch).
 
-docs/semantics.md §4. Populations are the neuron nodes (LIF, IF, I, LI, CubaLIF, CubaLI); every
-other node between two neurons (or the Input and a neuron) is linear and is composed, path by
-path, into one conv synapse (``spikedet.deploy.nir_linear``). A path's *lag* is the number of
+docs/semantics.md §4. Populations are the neuron nodes (LIF, IF, I, LI, CubaLIF, CubaLI,
+Threshold); every other node between two neurons (or the Input and a neuron) is linear and is
+composed, path by path, into one conv synapse (``spikedet.deploy.nir_linear``). A path's *lag* is the number of
 recurrent edges on it (each delivers the previous step, ``nir_flat.split_edges``) plus its
 ``Delay`` nodes' delays in steps of dt. The file cannot say dt or the reset mode: they come in
 ``Conventions`` (``--dt``, ``--reset``) and every assumed value is listed in
@@ -70,11 +70,13 @@ class Conventions:
 
 @dataclass
 class Term:
-    """One path into a neuron: its source, the linear nodes (in order) and its lag (steps)."""
+    """One path into a neuron: its source, the linear nodes (in order), its lag (steps) and,
+    per linear node, the lag between its output and the neuron (its bias arrives that late)."""
 
     src: str
     ops: list[str]
     lag: int
+    op_lags: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -133,21 +135,21 @@ class _GenericParser:
         """Every path into neuron ``n`` back to a neuron or the Input."""
         found: list[Term] = []
 
-        def walk(node: str, ops: list[str], lag: int, seen: tuple[str, ...]) -> None:
+        def walk(node: str, ops: list[str], lags: list[int], lag: int, seen: tuple) -> None:
             preds = [(p, 0) for p in self.forward_in[node]]
             preds += [(p, 1) for p in self.recurrent_in[node]]
             self.need(preds, f"{self.kind(node)} node has no input", node)
             for p, rec in preds:
                 if p == self.input or self.kind(p) in NEURONS:
-                    found.append(Term(p, list(reversed(ops)), lag + rec))
+                    found.append(Term(p, ops[::-1], lag + rec, lags[::-1]))
                     continue
                 what = f"cycle through linear nodes only ({', '.join((*seen, p))}): no neuron"
                 self.need(p not in seen, what, p)
                 self.need(self.kind(p) != "Output", "an Output node feeds another node", p)
                 steps = self.delay_steps(p) if self.kind(p) == "Delay" else 0
-                walk(p, [*ops, p], lag + rec + steps, (*seen, p))
+                walk(p, [*ops, p], [*lags, lag + rec], lag + rec + steps, (*seen, p))
 
-        walk(n, [], 0, ())
+        walk(n, [], [], 0, ())
         return found
 
     def delay_steps(self, n: str) -> int:
@@ -161,10 +163,12 @@ class _GenericParser:
         self.need(ok, f"delay {hi:g} s is not a whole number of steps of dt={self.conv.dt:g}", n)
         return int(round(steps))
 
-    def compose_term(self, term: Term, shape: tuple[int, int, int]) -> LinConv:
+    def compose_term(self, term: Term, shape: tuple[int, int, int]) -> tuple[LinConv, tuple]:
+        """The term's chain as one conv, and the parts of its bias that arrive late: a node's
+        bias pushed through the nodes after it, keyed by the lag after that node (§4.4)."""
         current, flat = identity(shape), False
-        first = True
-        for op in term.ops:
+        first, parts = True, []  # parts: [lag after the node, its bias as seen at the end]
+        for op, op_lag in zip(term.ops, term.op_lags):
             kind = self.kind(op)
             if kind == "Delay":
                 continue
@@ -177,8 +181,14 @@ class _GenericParser:
                 continue
             step = primitive(kind, self.nodes[op], current.out_shape, flat, op)
             current = step if first else compose(current, step, f"{self.where}: node {op}")
+            parts = [(k, np.einsum("omuv,m->o", step.weight, b)) for k, b in parts]
+            parts.append((op_lag, step.bias))
             first, flat = False, False
-        return current
+        late: dict[int, np.ndarray] = {}
+        for k, b in parts:
+            if k > 0 and np.any(b):
+                late[k] = late.get(k, 0) + b
+        return current, tuple(sorted(late.items()))
 
     # ---- the graph -------------------------------------------------------------------
     def parse(self, T: int) -> tuple[FloatGraph, GenericInfo]:
@@ -201,11 +211,11 @@ class _GenericParser:
                 if not known:
                     continue
                 for t in known:
-                    lin = self.compose_term(t, src_shape[t.src])
+                    lin, late = self.compose_term(t, src_shape[t.src])
                     shape = src_shape.setdefault(n, lin.out_shape)
                     what = f"inputs disagree: {t.src} gives {lin.out_shape}, others {shape}"
                     self.need(lin.out_shape == shape, what, n)
-                    synapses[n].append(self.synapse(t, lin, n))
+                    synapses[n].append(self.synapse(t, lin, n, late))
                 pending[n] = [t for t in pending[n] if t not in known]
                 if not pending[n]:
                     del pending[n]
@@ -255,10 +265,13 @@ class _GenericParser:
             ready.sort(key=rank.__getitem__)
         return [n for n in out if n in neurons]
 
-    def synapse(self, term: Term, lin: LinConv, dst: str) -> FSynapse:
+    def synapse(self, term: Term, lin: LinConv, dst: str, late: tuple = ()) -> FSynapse:
         src = "input" if term.src == self.input else term.src
         name = f"{term.ops[0] if term.ops else term.src}->{dst}"
-        return FSynapse(name, src, dst, lin.weight, lin.bias, lin.stride, lin.padding, lag=term.lag)
+        return FSynapse(
+            name, src, dst, lin.weight, lin.bias, lin.stride, lin.padding, lag=term.lag,
+            late_bias=late,
+        )  # fmt: skip
 
     def param_shape(self, n: str) -> tuple[int, ...] | None:
         node = self.nodes[n]
@@ -286,7 +299,8 @@ class _GenericParser:
             ok = kind in ("LIF", "IF", "CubaLIF")
             self.need(ok, f"metadata 'loihi' on a {kind} node (a spiking neuron needed)", n)
             return FPopulation(n, "cuba", shape, D=1, loihi=loihi)
-        self.need(kind != "Threshold", "a Threshold neuron has no state to hold (float only)", n)
+        if kind == "Threshold":  # z = [x > θ]: a cuba neuron without memory (§4.5)
+            return FPopulation(n, "cuba", shape, D=1, beta=0.0, alpha=1.0, threshold=p("threshold"))
         beta_syn = 0.0
         if kind in ("CubaLIF", "CubaLI"):
             tau_syn = p("tau_syn")
@@ -302,17 +316,20 @@ class _GenericParser:
         else:  # IF, I
             beta, alpha, leak = 1.0, p("r") * dt, 0.0
         self.need(alpha > 0, f"the input gain (r, w_in, dt/tau) is {alpha:g}, not > 0", n)
-        if kind in ("I", "LI", "CubaLI"):
-            self.need(kind == "I", f"{kind} readouts decay; the integer readout integrates", n)
+        if kind == "I":
             return FPopulation(n, "readout", shape, beta=1.0, alpha=alpha)
-        vth, reset = p("v_threshold"), p("v_reset")
-        self.need(reset == 0, f"v_reset={reset:g}: Loihi's neurons reset to 0", n)
-        what = "reset by subtraction has no integer form (Loihi's LIF resets v to 0)"
-        self.need(self.conv.reset == "zero", what, n)
+        if kind in ("LI", "CubaLI"):  # a decaying readout: the cuba update, v read out (§4.5)
+            return FPopulation(
+                n, "li", shape, D=1, beta=beta, alpha=alpha, threshold=0.0,  # never fires
+                beta_syn=beta_syn, v_bias=(1.0 - beta) * leak,
+            )  # fmt: skip
+        vth, v_reset = p("v_threshold"), p("v_reset")
+        what = f"v_reset={v_reset:g}: Loihi's neurons reset to 0 (or subtract the threshold)"
+        self.need(v_reset == 0 or self.conv.reset == "subtract", what, n)
         # LIF / IF are Loihi's CUBA LIF without current memory (beta_syn = 0, du = 4095, §4.5)
         return FPopulation(
             n, "cuba", shape, D=1, beta=beta, alpha=alpha, threshold=vth,
-            beta_syn=beta_syn, v_bias=(1.0 - beta) * leak,
+            beta_syn=beta_syn, v_bias=(1.0 - beta) * leak, reset=str(self.conv.reset),
         )  # fmt: skip
 
     def decay(self, dt: float, tau: float, what: str, n: str) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 
 from spikedet.errors import SpikedetError
 
-POP_KINDS = ("ilif", "lif", "maxpool", "readout", "cuba")
+POP_KINDS = ("ilif", "lif", "maxpool", "readout", "cuba", "li")
 SPIKING_KINDS = ("ilif", "lif", "maxpool", "cuba")  # kinds a synapse or a max-pool may read
 
 
@@ -52,7 +52,9 @@ class FPopulation:
     - ``readout``: v = v + α·x, never leaks (``beta`` is ignored);
     - ``cuba`` (§4.3, NIR CubaLIF without Lava integers): i = β_syn·i + x,
       v = β·v·(1 − s) + α·i + v_bias, s = [v > threshold]; with ``loihi`` (§3.6) the
-      integers are given and the float fields are unused.
+      integers are given and the float fields are unused; ``reset`` "subtract": v = v − threshold
+      where s instead of 0 (§4.2);
+    - ``li`` (§4.5, NIR LI / CubaLI): the cuba update without spikes, read out as v.
     """
 
     name: str
@@ -69,6 +71,7 @@ class FPopulation:
     loihi: dict | None = None  # cuba: Lava's exact integers (NIR metadata "loihi", §3.6)
     beta_syn: float = 0.0  # cuba: decay of the synaptic current (0: no current memory)
     v_bias: float = 0.0  # cuba: added to v every step (NIR (dt/tau_mem)·v_leak)
+    reset: str = "zero"  # cuba: "zero" (v <- 0) or "subtract" (v <- v - threshold) after a spike
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(v) for v in self.shape)  # type: ignore[assignment]
@@ -81,8 +84,10 @@ class FPopulation:
         levels = kind in ("ilif", "maxpool")
         require(not levels or 1 <= int(self.D) <= 255, f"D must be in 1..255, got {self.D}", where)
         require(kind != "lif" or int(self.D) == 1, f"a lif has D = 1, got {self.D}", where)
-        require(kind != "cuba" or int(self.D) == 1, f"a cuba has D = 1, got {self.D}", where)
-        decays = kind in ("ilif", "lif") or (kind == "cuba" and self.loihi is None)
+        ok = kind not in ("cuba", "li") or int(self.D) == 1
+        require(ok, f"a {kind} has D = 1, got {self.D}", where)
+        require(self.reset in ("zero", "subtract"), f"unknown reset {self.reset!r}", where)
+        decays = kind in ("ilif", "lif", "li") or (kind == "cuba" and self.loihi is None)
         # beta = 1: a lif / cuba without leak (NIR IF, §4.3); an I-LIF always leaks
         ok = not decays or 0 <= self.beta < 1 or (kind != "ilif" and self.beta == 1)
         ok = ok and 0 <= self.beta_syn < 1
@@ -117,6 +122,9 @@ class FSynapse:
     out_offset: int = 0  # first destination channel written (§2.7)
     upsample: int = 1  # nearest-neighbour factor applied to the conv output (§2.8)
     lag: int = 0  # logical steps: dst at step t reads src at t - lag (recurrent edges, §4.4)
+    # parts of ``bias`` that arrive only from a step k >= 1 on, ((k, (Cout,)), ...): a bias
+    # written before a recurrent edge or Delay on the path is delayed with it (§4.4)
+    late_bias: tuple = ()
 
     def __post_init__(self) -> None:
         self.weight = np.array(self.weight, dtype=np.float64)  # a copy: never alias NIR arrays

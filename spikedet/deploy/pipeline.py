@@ -45,6 +45,8 @@ class DeployOptions:
     samples: int = 2
     batch: int = 32
     workers: int = 1  # processes for the fixed engine (spikedet.deploy.shard)
+    ranks: object = None  # torchrun ranks (spikedet.deploy.distributed.Ranks); None: one
+    progress: bool = False  # a progress line on stderr (spikedet.deploy.progress)
     reference: bool = True
     conf_thres: float = 0.001
     iou_thres: float | None = None  # None: the head type's default (NMS_IOU)
@@ -143,13 +145,13 @@ def _slice(result, n: int):
 
 def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     """Run the whole deploy stage and write ``opts.out/report.{json,md}`` plus plots."""
+    from spikedet.deploy.distributed import run_fixed_ranked, run_reference_ranked, serve_rank
     from spikedet.deploy.energy import count_activity, energy_report
     from spikedet.deploy.mapping.mapper import map_graph
     from spikedet.deploy.nir_read import check_head, read_nir
     from spikedet.deploy.profiles import load_profile, resolve_target
     from spikedet.deploy.quantize import quantize
     from spikedet.deploy.report import finish_report
-    from spikedet.deploy.shard import run_fixed
     from spikedet.sim.interface import compare, readout_floats
     from spikedet.sim.registry import available_engine
 
@@ -193,7 +195,9 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     imgsz = int(fg.head["imgsz"])
     ds, x_float, x_int = _load_images(opts, imgsz, fg.input_scale, qg.T, fg.metadata)
     n_samples = x_int.shape[_batch_axis(x_int)]
-    fixed_res = run_fixed(qg, x_int, opts.batch, opts.workers)  # exact in any sharding
+    fixed_res = run_fixed_ranked(qg, x_int, opts)  # exact in any sharding; None off rank 0
+    if fixed_res is None:  # a torchrun rank other than 0: its shards go to rank 0, no report
+        return serve_rank(nir_path, x_float, opts)
     fixed_map = _score(ds, fg.head, readout_floats(qg, fixed_res), opts)
     log(
         f"[deploy] fixed engine: {n_samples} images in {fixed_res.wall_s:.2f} s, "
@@ -207,11 +211,10 @@ def run_deploy(opts: DeployOptions, log: Callable[[str], None] = print) -> dict:
     }
 
     if opts.reference:
-        from spikedet.sim.reference import ReferenceEngine, agreement
+        from spikedet.sim.reference import agreement
 
-        ref = ReferenceEngine(nir_path)
         t_ref = time.perf_counter()
-        ref_spikes, ref_readouts = ref.run_float(x_float)
+        ref, ref_spikes, ref_readouts = run_reference_ranked(nir_path, x_float, opts)
         validation["timing_s"]["reference_total"] = round(time.perf_counter() - t_ref, 4)
         ref_map = _score(ds, fg.head, ref_readouts, opts)
         validation["map"]["reference_float"] = ref_map

@@ -17,80 +17,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
 
+from spikedet.deploy.depths import DEFAULT_MAX_DELAY, assign_depths
 from spikedet.deploy.nir_graph import FloatGraph, FPopulation, plain
 from spikedet.deploy.quantize_cuba import loihi_population
 from spikedet.deploy.quantize_nir import float_cuba_population
 from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QInput, QPopulation, QSynapse, QuantGraph
 
-DEFAULT_MAX_DELAY = 63  # Loihi 2 synaptic delays have 6 bits
 STATE_MAX = (1 << (STATE_BITS - 1)) - 1  # largest membrane value (clip24)
 MAX_THRESHOLD_DENOMINATOR = 256  # V_th = p/q with q up to this (lif_theta)
 THRESHOLD_RTOL = 1e-6  # V_th read from float32 NIR arrays: relative noise allowed in p/q
-
-
-def assign_depths(
-    populations: Sequence[QPopulation],
-    synapses: Sequence[QSynapse],
-    max_delay: int | None = DEFAULT_MAX_DELAY,
-) -> None:
-    """Set ``depth`` of every population and ``delay`` of every synapse in place (§3.3).
-
-    depth(input) = 0; depth(P) = max over incoming e of depth(src e) + 1; a maxpool
-    population M has no synapse: depth(M) = depth(src M) + 1 (its pooling synapse's latency);
-    delay(e) = depth(dst e) - depth(src e) - 1 (the extra steps beyond the one-step synapse
-    latency that align every input of P on the same logical step). ``populations`` must be in
-    topological order; a delay above ``max_delay`` is a SpikedetError naming the synapse.
-    A synapse with a logical ``lag`` L (§4.4) gets delay(e) + L; a self-synapse (lag >= 1, the
-    only backward synapse allowed) does not count for depth(P) and gets L - 1.
-    """
-    depth = {"input": 0}
-    for pop in populations:
-        if pop.kind == "maxpool":
-            if pop.src not in depth or pop.src == "input":
-                raise SpikedetError(
-                    f"source {pop.src!r} is not an earlier population", f"population {pop.name}"
-                )
-            pop.depth = depth[pop.src] + 1
-            depth[pop.name] = pop.depth
-            continue
-        # backward synapses (lag >= 1 from this or a later population) do not set the depth
-        incoming = [s for s in synapses if s.dst == pop.name and (s.src in depth or not s.lag)]
-        if not incoming:
-            raise SpikedetError("population has no incoming synapse", f"population {pop.name}")
-        for s in incoming:
-            if s.src not in depth:
-                raise SpikedetError(
-                    f"source {s.src} is not an earlier population", f"synapse {s.name}"
-                )
-        pop.depth = max(depth[s.src] for s in incoming) + 1
-        depth[pop.name] = pop.depth
-    for s in synapses:
-        if s.dst not in depth:
-            raise SpikedetError(f"unknown destination {s.dst}", f"synapse {s.name}")
-        s.delay = depth[s.dst] - depth[s.src] - 1 + s.lag
-        if s.delay < 0:  # a backward synapse between populations: a loop of several synapses
-            raise SpikedetError(
-                f"closes a cycle whose synapses need {depth[s.src] - depth[s.dst] + 1} steps on "
-                f"the hardware but the graph delays it by {s.lag}: add a Delay node",
-                f"synapse {s.name}",
-            )
-        if s.lag and s.src != s.dst and depth[s.src] >= depth[s.dst]:
-            raise SpikedetError(
-                "closes a cycle through several populations; the integer engines run "
-                "recurrence within one population only",
-                f"synapse {s.name}",
-            )
-        if max_delay is not None and s.delay > max_delay:
-            raise SpikedetError(
-                f"needs a delay of {s.delay} steps, above the limit of {max_delay}",
-                f"synapse {s.name}",
-            )
 
 
 def decay_of(beta: float) -> int:
@@ -183,7 +123,7 @@ def quantize(
             qpops.append(_maxpool_population(pop))
             continue
         incoming = [s for s in fg.synapses if s.dst == pop.name]
-        if pop.kind == "cuba":  # Lava's exact integers (§3.6) or a NIR CubaLIF (§4.5)
+        if pop.kind in ("cuba", "li"):  # Lava's exact integers (§3.6) or a NIR neuron (§4.5)
             if pop.loihi is not None:
                 qpop, cuba_syns = loihi_population(pop, incoming, fg.input_scale)
             else:

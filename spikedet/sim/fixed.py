@@ -9,8 +9,10 @@ integer max-pool of its source's spikes at the same logical step (its one hardwa
 latency is in its depth). A synapse's wrapped output is repeated ``upsample`` x ``upsample``
 and added into its channel range.
 
-Convolution (``spikedet.sim.fixed_conv``): one float32 / float64 BLAS GEMM over im2col
-columns, exact because every partial sum is an integer below 2^24 (2^53); depthwise convs as
+Convolution (``spikedet.sim.fixed_conv``): with torch importable, an exact int8 x int8 ->
+int32 GEMM over int8 im2col columns and torch's float32 grouped conv for depthwise ones
+(``fixed_torch``, where the operands and sums fit); otherwise one float32 / float64 BLAS GEMM,
+exact because every partial sum is an integer below 2^24 (2^53), and depthwise convs as
 banded GEMMs (``fixed_depthwise``). Per graph (``fixed_plan``) the engine prepares every
 weight once and computes each distinct conv (same source, geometry and integer weights) once
 per run, its wrapped output reused by every synapse that has it. Scratch buffers are reused
@@ -23,13 +25,27 @@ import time
 
 import numpy as np
 
+from spikedet.sim import fixed_torch
 from spikedet.sim.fixed_conv import Workspace, conv_int, prepare_conv, wrap24
 from spikedet.sim.fixed_cuba import run_cuba
 from spikedet.sim.fixed_lagged import run_lagged
-from spikedet.sim.fixed_plan import GraphPlan, PlanCache, SharedOutputs, source_peak
+from spikedet.sim.fixed_plan import (
+    GraphPlan,
+    PlanCache,
+    SharedOutputs,
+    compute_stack,
+    source_peak,
+)
 from spikedet.sim.fixed_pool import max_pool_int
 from spikedet.sim.interface import EngineResult, check_input
-from spikedet.sim.qgraph import DECAY_BITS, STATE_BITS, QPopulation, QuantGraph
+from spikedet.sim.qgraph import (
+    CUBA_KINDS,
+    DECAY_BITS,
+    READOUT_KINDS,
+    STATE_BITS,
+    QPopulation,
+    QuantGraph,
+)
 
 __all__ = [
     "FixedEngine",
@@ -91,7 +107,7 @@ def population_input(
     every step), else T. int32 (every term is a 24-bit value) below 256 terms, else int64.
     With a ``workspace`` the result is its buffer, valid until the next call. With a ``plan``
     (``fixed_plan``) the prepared weights are used, and with ``shared`` a conv that several
-    synapses have is computed once per run."""
+    synapses have is computed once per run (a stacked one with the rest of its stack)."""
     ws = workspace if workspace is not None else Workspace()
     incoming = qg.incoming(pop.name)
     steps = max(outputs[syn.src].shape[0] for syn in incoming)
@@ -106,12 +122,15 @@ def population_input(
         shape = (src_steps * batch, *syn.output_shape(src.shape[2:]))
         shape = (*shape[:2], shape[2] // syn.upsample, shape[3] // syn.upsample)
         whole = syn.upsample == 1 and shape[1] == pop.shape[0] and src_steps == steps
-        reuse = shared is not None and index >= 0 and plan.uses[index] > 1
+        reuse = shared is not None and plan.held(index)
         part = shared.get(index) if reuse else None
         # the first full-size term of an unshared conv is written straight into the sum
         direct = (
             empty and whole and not reuse and np.dtype(conv.out_dtype).itemsize <= total.itemsize
         )
+        if part is None and reuse and index in plan.stack_of:  # with its stack's others
+            flat = src.reshape(src_steps * batch, *src.shape[2:])
+            part = compute_stack(plan, index, flat, ws, shared)
         if part is None:
             if direct:
                 part = total.reshape(shape)
@@ -199,8 +218,8 @@ def run_population(
     # spikes are 0..D (D <= 255): int8 / int16 hold them, 1/8 or 1/4 of int64's memory
     spikes = np.empty((steps, *current.shape[1:]), dtype=np.int8 if pop.D < 128 else np.int16)
     dtype = state_dtype(pop, current_bound)
+    bias = bias.astype(dtype)  # int32 += int64 would run the add in int64 (~8x slower)
     state = ws.get("state", current.shape[1:], dtype)
-    state.fill(0)
     scratch = ws.get("scratch", state.shape, dtype)  # the loop allocates nothing
     lif, half = pop.kind == "lif", pop.theta // 2 - 1
     m = (1 << DECAY_BITS) - pop.dv
@@ -217,8 +236,18 @@ def run_population(
                 _shift_decay(state, shift, scratch)
             else:
                 decay(state, pop.dv, out=scratch)
-        state += current[t if len(current) > 1 else 0]
-        state += bias
+            state += current[t if len(current) > 1 else 0]
+            state += bias
+        else:
+            np.add(current[0], bias, out=state)
+        if not lif and t == steps - 1:
+            # the last state is not kept: levels(v) is 0 below -half and D above
+            # D*theta - half, so clip24 and the levels' clip are one clip to the intersection
+            lo, hi = max(-STATE_MAX, -half), min(STATE_MAX, pop.D * pop.theta - half)
+            np.clip(state, lo, hi, out=scratch)
+            scratch += half
+            np.floor_divide(scratch, pop.theta, out=spikes[t], casting="unsafe")
+            break
         np.clip(state, -STATE_MAX, STATE_MAX, out=state)
         if lif:
             np.greater(state, pop.vth, out=spikes[t], casting="unsafe")
@@ -244,7 +273,8 @@ class FixedEngine:
         self.record_states = record_states  # cuba u, v per step in info["states"] (§3.6)
 
     def available(self) -> tuple[bool, str]:
-        return True, f"numpy {np.__version__}"
+        kernels = "torch int8 kernels" if fixed_torch.available() else "numpy kernels"
+        return True, f"numpy {np.__version__}, {kernels}"
 
     def run(self, qg: QuantGraph, x_int: np.ndarray) -> EngineResult:
         start = time.perf_counter()
@@ -257,6 +287,9 @@ class FixedEngine:
         plan = self.plans.get(qg)
         shared = SharedOutputs(plan)
         for pop in qg.populations:
+            if pop.name in outputs:  # run with the first population of its cycle (§4.4)
+                spikes[pop.name] = outputs[pop.name]
+                continue
             if pop.kind == "maxpool":
                 spikes[pop.name] = outputs[pop.name] = max_pool_int(outputs[pop.src], pop)
                 continue
@@ -269,12 +302,12 @@ class FixedEngine:
             bound = len(qg.incoming(pop.name)) << (STATE_BITS - 1)  # each term: a 24-bit value
             if lagged:
                 result = run_lagged(qg, pop, outputs, batch, self)
-            elif pop.kind == "cuba":
+            elif pop.kind in CUBA_KINDS:  # cuba spikes, li its final v (fixed_cuba)
                 record = states.setdefault(pop.name, {}) if self.record_states else None
                 result = run_cuba(pop, current, qg.T, record)
             else:
                 result = run_population(pop, current, qg.T, self.workspace, current_bound=bound)
-            if pop.kind == "readout":
+            if pop.kind in READOUT_KINDS:
                 readouts[pop.name] = result
             else:
                 spikes[pop.name] = outputs[pop.name] = result

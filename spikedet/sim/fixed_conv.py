@@ -1,4 +1,8 @@
-"""Exact integer convolution for the ``fixed`` engine (docs/semantics.md §3.2), with numpy BLAS.
+"""Exact integer convolution for the ``fixed`` engine (docs/semantics.md §3.2).
+
+With torch importable, convs whose operands fit int8 run as exact int8 GEMMs and grouped
+ones as torch's float32 grouped conv (``spikedet.sim.fixed_torch``, the conditions there);
+the rest, and everything without torch, run with numpy BLAS as below.
 
 Every operand is an integer and every partial sum is bounded by max|W| * max|x| * fan-in;
 below 2^24 (float32) or 2^53 (float64) they are held exactly in any summation order, so the
@@ -13,11 +17,13 @@ This module imports nothing of ``spikedet.sim.fixed`` (which re-exports it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from spikedet.sim.fixed_depthwise import conv_depthwise, depthwise_weight
+from spikedet.sim.fixed_torch import Int8Conv, conv_grouped, conv_int8, grouped_weight, int8_conv
 from spikedet.sim.qgraph import STATE_BITS, QSynapse
 
 EXACT_FLOAT32_BOUND = 1 << 24
@@ -64,9 +70,11 @@ def wrap24(x: np.ndarray, inplace: bool = False) -> np.ndarray:
 class PreparedConv:
     """A synapse's conv with its weight work done: ``matrix`` is the weight in the GEMM dtype,
     [g, Cout/g, Cin/g*KH*KW] (depthwise: ``fixed_depthwise.depthwise_weight``), ``bound`` the
-    largest |output| for sources up to ``peak``, ``wrap`` whether wrap24 can change it."""
+    largest |output| for sources up to ``peak``, ``wrap`` whether wrap24 can change it.
+    ``int8`` is the conv's exact int8 GEMM form and ``grouped`` a grouped conv's float32
+    torch weight (``fixed_torch``) when it has one; ``matrix`` is then None (unused)."""
 
-    matrix: np.ndarray
+    matrix: np.ndarray | None
     shape: tuple[int, int, int, int]  # the dilated kernel (Cout, Cin/g, KH, KW)
     stride: tuple[int, int]
     padding: tuple[int, int]
@@ -75,10 +83,12 @@ class PreparedConv:
     bound: int
     wrap: bool
     depthwise: bool
+    int8: Int8Conv | None = None
+    grouped: Any = None
 
     @property
     def dtype(self) -> np.dtype:
-        return self.matrix.dtype
+        return np.dtype(np.int8) if self.matrix is None else self.matrix.dtype
 
     @property
     def out_dtype(self) -> type:
@@ -90,8 +100,9 @@ class PreparedConv:
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
 
-def prepare_conv(syn: QSynapse, peak: int) -> PreparedConv:
-    """The weight work of ``conv_int`` for sources with |x| <= ``peak``, done once."""
+def prepare_conv(syn: QSynapse, peak: int, signed: bool = False) -> PreparedConv:
+    """The weight work of ``conv_int`` for sources with 0 <= x <= ``peak`` (|x| <= ``peak``
+    with ``signed``), done once."""
     weight = syn.dilated_weight()  # a dilated kernel as a larger one with zero taps
     cout, cin_g, kh, kw = weight.shape
     peak_w = int(np.abs(weight).max()) if weight.size else 0
@@ -104,7 +115,11 @@ def prepare_conv(syn: QSynapse, peak: int) -> PreparedConv:
         else np.int64
     )
     depthwise = cin_g == 1 and syn.groups > 1
-    if depthwise:
+    int8 = None if depthwise else int8_conv(weight, syn.groups, int(peak), signed)
+    grouped = grouped_weight(weight, syn.groups, bound)
+    if int8 is not None or grouped is not None:
+        matrix = None
+    elif depthwise:
         matrix = depthwise_weight(weight, dtype)
     else:
         matrix = weight.astype(dtype).reshape(syn.groups, cout // syn.groups, cin_g * kh * kw)
@@ -114,7 +129,7 @@ def prepare_conv(syn: QSynapse, peak: int) -> PreparedConv:
     wrap = peak_w * int(peak) * fan_in >= 1 << (STATE_BITS - 1)
     return PreparedConv(
         matrix, (cout, cin_g, kh, kw), syn.stride, syn.padding, syn.groups, int(peak), bound,
-        wrap, depthwise,
+        wrap, depthwise, int8, grouped,
     )  # fmt: skip
 
 
@@ -140,9 +155,10 @@ def conv_int(
     from ``workspace`` (a private one by default).
     """
     if prepared is None:
+        signed = peak is None and x.size > 0 and x.min() < 0
         if peak is None:
             peak = int(np.abs(x).max()) if x.size else 0
-        prepared = prepare_conv(syn, peak)
+        prepared = prepare_conv(syn, peak, signed)
     cout, cin_g, kh, kw = prepared.shape
     (ph, pw), dtype = prepared.padding, prepared.dtype
     n, cin, h, w = x.shape
@@ -152,6 +168,10 @@ def conv_int(
     if n == 0 or ho < 1 or wo < 1:
         return out
     ws = workspace if workspace is not None else Workspace()
+    if prepared.int8 is not None:
+        return conv_int8(x, prepared.int8, prepared.shape, prepared.stride, (ph, pw), out, ws)
+    if prepared.grouped is not None:
+        return conv_grouped(x, prepared.grouped, prepared.stride, (ph, pw), prepared.groups, out)
     taps = 1 if prepared.depthwise else kh * kw
     chunk = max(1, max_elements // max(cin * taps * ho * wo, 1))
     for start in range(0, n, chunk):

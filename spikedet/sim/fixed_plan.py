@@ -14,17 +14,25 @@ last graphs an engine ran, checked against the graph's structure at every run: a
 synapses, weight arrays or populations were replaced gets a new plan. (A weight array written
 into in place after a run is not detected: build a new engine for it.)
 
+Distinct int8 convs (``fixed_torch``) that read the same source through the same geometry
+(kernel size, stride, padding; e.g. a source feeding several populations, or the pools and
+convs composed into one concatenation's readers) are stacked: their weight matrices are one
+[sum Cout, K] matrix, so one im2col copy and one larger (faster) GEMM compute all of them;
+each member's output is its row range, held until its synapses have used it.
+
 Populations with lagged synapses (``fixed_lagged``) compute their input without the plan.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from spikedet.sim.fixed_conv import PreparedConv, prepare_conv
+from spikedet.sim.fixed_conv import PreparedConv, Workspace, conv_int, prepare_conv, wrap24
+from spikedet.sim.fixed_torch import stack_int8
 from spikedet.sim.qgraph import QSynapse, QuantGraph
 
 
@@ -53,18 +61,85 @@ def graph_signature(qg: QuantGraph) -> tuple:
 
 
 @dataclass
+class Stack:
+    """Convs computed as one: ``conv`` has the members' int8 weights stacked along Cout,
+    ``members`` (conv index, first row, end row) their row ranges in its output."""
+
+    conv: PreparedConv
+    members: list[tuple[int, int, int]]
+
+
+@dataclass
 class GraphPlan:
     """Distinct convs of a graph: ``convs[conv_of[id(syn)]]`` is ``syn``'s prepared conv and
-    ``uses[i]`` the number of synapses sharing conv i."""
+    ``uses[i]`` the number of synapses sharing conv i; ``stacks[stack_of[i]]`` the stack of
+    conv i, if it is in one."""
 
     convs: list[PreparedConv]
     conv_of: dict[int, int]
     uses: list[int]
     synapses: list[QSynapse]  # held: the ids in conv_of stay theirs
+    stacks: list[Stack] = dataclasses.field(default_factory=list)
+    stack_of: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def conv(self, syn: QSynapse) -> tuple[int, PreparedConv] | None:
         index = self.conv_of.get(id(syn))
         return None if index is None else (index, self.convs[index])
+
+    def held(self, index: int) -> bool:
+        """Conv ``index``'s output is kept for later synapses (shared, or from a stack)."""
+        return index >= 0 and (self.uses[index] > 1 or index in self.stack_of)
+
+
+def stack_key(syn: QSynapse, conv: PreparedConv) -> tuple | None:
+    """What stacked convs have in common (None: the conv is not stackable)."""
+    if conv.int8 is None or conv.out_dtype is not np.int32:
+        return None
+    return syn.src, conv.shape[1:], conv.stride, conv.padding, conv.int8.offset
+
+
+def plan_stacks(convs: list[PreparedConv], first: list[QSynapse]) -> tuple[list, dict]:
+    """Group stackable convs by ``stack_key``; groups of two or more become ``Stack``s."""
+    groups: dict[tuple, list[int]] = {}
+    for index, (conv, syn) in enumerate(zip(convs, first, strict=True)):
+        key = stack_key(syn, conv)
+        if key is not None:
+            groups.setdefault(key, []).append(index)
+    stacks: list[Stack] = []
+    stack_of: dict[int, int] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        rows, start = [], 0
+        for index in members:
+            rows.append((index, start, start + convs[index].shape[0]))
+            start += convs[index].shape[0]
+        head = convs[members[0]]
+        stacked = dataclasses.replace(
+            head, shape=(start, *head.shape[1:]), int8=stack_int8([convs[i].int8 for i in members]),
+            bound=max(convs[i].bound for i in members), wrap=False,
+        )  # fmt: skip
+        for index in members:
+            stack_of[index] = len(stacks)
+        stacks.append(Stack(stacked, rows))
+    return stacks, stack_of
+
+
+def compute_stack(
+    plan: GraphPlan, index: int, flat: np.ndarray, ws: Workspace, shared: SharedOutputs
+) -> np.ndarray:
+    """Every member of conv ``index``'s stack on ``flat`` [N, Cin, H, W] at once, each wrapped
+    where it can wrap and kept in ``shared``; returns conv ``index``'s output (a row view)."""
+    stack = plan.stacks[plan.stack_of[index]]
+    ho, wo = stack.conv.out_hw(*flat.shape[2:])
+    out = np.empty((flat.shape[0], stack.conv.shape[0], ho, wo), np.int32)
+    conv_int(flat, None, out=out, workspace=ws, prepared=stack.conv)
+    for member, start, end in stack.members:
+        view = out[:, start:end]
+        if plan.convs[member].wrap:
+            wrap24(view, inplace=True)
+        shared.put(member, view)
+    return shared.get(index)
 
 
 def plan_graph(qg: QuantGraph) -> GraphPlan:
@@ -89,7 +164,8 @@ def plan_graph(qg: QuantGraph) -> GraphPlan:
             candidates.append(index)
         conv_of[id(syn)] = index
         uses[index] += 1
-    return GraphPlan(convs, conv_of, uses, list(qg.synapses))
+    stacks, stack_of = plan_stacks(convs, first)
+    return GraphPlan(convs, conv_of, uses, list(qg.synapses), stacks, stack_of)
 
 
 class PlanCache:

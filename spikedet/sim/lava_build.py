@@ -1,8 +1,10 @@
 """Build the Lava process network of a QuantGraph (used by ``lava_worker``; ``.venv-lava`` only).
 
 Lava's code computes everything it can express exactly (docs/semantics.md §3.8):
-- neurons: ``cuba`` populations, and EMS ``lif`` populations that ``spikedet.sim.lava_lif``
-  accepts, are Lava's own ``LIFReset`` (``PyLifResetModelBitAcc``); I-LIF, the other ``lif``
+- neurons: ``cuba`` and ``li`` populations, and EMS ``lif`` populations that
+  ``spikedet.sim.lava_lif`` accepts, are Lava's own ``LIFReset`` (``PyLifResetModelBitAcc``;
+  with reset by subtraction its subclass that replaces only the reset, and a constant
+  ``u_bias`` as a source into its ``a_in``: ``lava_cuba``); I-LIF, the other ``lif``
   populations, max-pool and readout populations are our processes (``lava_procs``);
 - synapses: Lava's ``Conv`` (``PyConvModelFixed``), and Lava's ``Dense``
   (``PyDenseModelBitAcc``) for a synapse whose kernel covers its whole source map (a netx dense
@@ -172,6 +174,7 @@ def build_network(
     from lava.proc.io.extractor import Extractor, PyLoihiExtractorModel
     from lava.proc.lif.models import PyLifResetModelBitAcc
 
+    from spikedet.sim import lava_cuba as lc
     from spikedet.sim import lava_procs as lp
 
     model_map: dict = {Extractor: PyLoihiExtractorModel}
@@ -181,7 +184,18 @@ def build_network(
     lifs = lava_lifs(qg)
     for p in qg.populations:
         if p.name in lifs:
-            proc, model = lif_process(p, lifs[p.name], period), PyLifResetModelBitAcc
+            params = lifs[p.name]
+            proc = lif_process(p, params, period)
+            subtract = params.reset_mode == "subtract"
+            model = lc.PySubtractResetModel if subtract else PyLifResetModelBitAcc
+            if params.u_bias.size:  # a constant current beside the synapses (§4.5)
+                rows = params.u_bias.reshape(-1, params.u_bias.shape[-1])
+                rows = np.stack([_xyc(r, p) for r in rows]).astype(np.int32)
+                bias = lc.ConstantCurrent(
+                    rows=rows, depth=p.depth, period=period, name=f"{p.name}.u_bias"
+                )
+                model_map[bias] = lc.PyConstantCurrentModel
+                bias.a_out.connect(proc.a_in)
         else:
             proc, model = _own_population(qg, p, period)
         if p.kind == "maxpool":

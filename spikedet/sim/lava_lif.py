@@ -6,7 +6,11 @@ the netx writer (``spikedet.convert.netx_write``) ask the same question here.
 Lava's bit-accurate LIF (lava-nc 0.10.0 ``lava/proc/lif/models.py``, ``PyLifModelBitAcc``):
 u <- decay(u, du + 1) + (a << 6) (one-shot 24-bit wrap), v <- clip24(decay(v, dv) + u +
 (bias_mant << bias_exp)), spike iff v > vth << 6, then v <- 0. A ``cuba`` population is this by
-definition (§3.6). An EMS ``lif`` population (§3.2) is this with du = 4095 (u = a << 6),
+definition (§3.6), and so is an ``li`` one (§4.5: vth = 2^17 − 1, its v read by a Lava
+``Monitor``). Two cuba fields are not Lava's LIF and the engine adds them around it (§4.5):
+``reset_mode`` "subtract" (Lava's model with only ``reset_voltage`` replaced: v <- v −
+(vth << 6)) and ``u_bias`` (a constant source summed into the LIF's ``a_in`` with the
+synapses). An EMS ``lif`` population (§3.2) is this with du = 4095 (u = a << 6),
 bias_mant = b, bias_exp = 6 and v = 64 * (our state) only while the decay keeps v a multiple of
 64, i.e. dv = 0, and while neither model reaches its limits (|a| < 2^17 so that a << 6 does not
 wrap; |state| * 64 below 2^23 - 1 so that Lava's clip, which sits 64 times lower in our units,
@@ -15,7 +19,7 @@ never acts). I-LIF (graded spikes, soft reset) has no LIF form.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,7 +37,8 @@ WRAP = 1 << 23  # one synapse's sum wraps to signed 24 bits (§3.2)
 class LavaLif:
     """Arguments of Lava's ``LIF`` / ``LIFReset`` for one population, in our (C, H, W) layout:
     ``bias_mant`` is per channel (C,) or per neuron (C*H*W,) in C order; reset_interval 0 =
-    none (Lava's LIFReset is then given the sample period)."""
+    none (Lava's LIFReset is then given the sample period); ``reset_mode`` and ``u_bias`` (per
+    channel or neuron, empty: none) as the population's (§4.5)."""
 
     du: int
     dv: int
@@ -41,6 +46,8 @@ class LavaLif:
     bias_mant: np.ndarray
     bias_exp: int
     reset_interval: int = 0
+    reset_mode: str = "zero"
+    u_bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def input_bound(qg: QuantGraph, pop: QPopulation) -> int:
@@ -55,13 +62,16 @@ def input_bound(qg: QuantGraph, pop: QPopulation) -> int:
 
 def lava_lif(qg: QuantGraph, pop: QPopulation) -> tuple[LavaLif | None, str]:
     """(parameters, "") when Lava's LIF computes ``pop`` bit for bit, else (None, why not)."""
-    if pop.kind == "cuba":
+    if pop.kind in ("cuba", "li"):
         if pop.reset_interval and pop.reset_offset:
             return None, (
                 f"reset_offset={pop.reset_offset}: the lava engine also resets at logical step 0, "
                 "which one LIFReset interval expresses only for offset 0"
             )
-        return LavaLif(pop.du, pop.dv, pop.vth, pop.bias, pop.bias_exp, pop.reset_interval), ""
+        return LavaLif(
+            pop.du, pop.dv, pop.vth, pop.bias, pop.bias_exp, pop.reset_interval,
+            pop.reset_mode, pop.u_bias,
+        ), ""  # fmt: skip
     if pop.kind != "lif":
         return None, f"a {pop.kind} population has no Lava LIF form (§3.8)"
     why = _lif_obstacle(qg, pop)

@@ -24,7 +24,8 @@ anything a population sends outside its window reaches its consumers outside the
 delays align every path), so this equals one fresh network per sample.
 
 OUT.npz: ``spike__<pop>`` int64 [T, B, C, H, W] for spiking populations (hardware steps
-depth..depth+T-1), ``readout__<pop>`` int64 [B, C, H, W] (v_{T-1}) for readouts,
+depth..depth+T-1), ``readout__<pop>`` int64 [B, C, H, W] (v_{T-1}) for readouts (an ``li``
+population's v read by a Lava ``Monitor`` on its LIF, §4.5),
 ``state__<u|v>__<pop>`` [T, B, C, H, W] for the populations of ``--states``, and ``info``
 (JSON: compile and per-step seconds, steps). Errors: one line
 ``spikedet-lava: error: <what> (<where>)`` on stderr and exit status 2.
@@ -48,7 +49,7 @@ from spikedet.fileio import atomic_path
 from spikedet.sim.interface import check_input
 from spikedet.sim.lava_build import build_network, lava_shape, sample_period, to_lava_groups
 from spikedet.sim.lava_lif import lava_lif
-from spikedet.sim.qgraph import QuantGraph
+from spikedet.sim.qgraph import CUBA_KINDS, READOUT_KINDS, QuantGraph
 
 __all__ = ["check_graph", "lava_shape", "run_graph", "to_lava_groups"]
 
@@ -76,7 +77,7 @@ def check_graph(qg: QuantGraph) -> None:
                 )
         elif not qg.incoming(p.name):
             raise SpikedetError("population has no incoming synapse", f"population {p.name}")
-        if p.kind == "cuba" and lava_lif(qg, p)[0] is None:
+        if p.kind in CUBA_KINDS and lava_lif(qg, p)[0] is None:
             raise SpikedetError(lava_lif(qg, p)[1], f"population {p.name}")
     for syn in qg.synapses:
         where = f"synapse {syn.name}"
@@ -141,15 +142,18 @@ def run_graph(
     source, pops, extractors, model_map, neuron_models = build_network(
         qg, data, buffer_size=chunk, period=period
     )
-    monitors = _monitors(qg, pops, neuron_models, states, total, model_map)
+    li = [p.name for p in qg.populations if p.kind == "li" and p.name not in states]
+    monitors = _monitors(qg, pops, neuron_models, [*states, *li], total, model_map)
     cfg = Loihi2SimCfg(select_tag="fixed_pt", exception_proc_model_map=model_map)
     spikes = {
         p.name: np.zeros((T, batch, *p.shape), np.int64)
         for p in qg.populations
-        if p.kind != "readout"
+        if p.kind not in READOUT_KINDS
     }
     readouts = {
-        p.name: np.zeros((batch, *p.shape), np.int64) for p in qg.populations if p.kind == "readout"
+        p.name: np.zeros((batch, *p.shape), np.int64)
+        for p in qg.populations
+        if p.kind in READOUT_KINDS
     }
     try:
         source.create_runtime(run_cfg=cfg)
@@ -170,14 +174,18 @@ def run_graph(
                     t = h - p.depth
                     if 0 <= t < T:
                         chw = np.rint(frame).astype(np.int64).transpose(2, 1, 0)
-                        if p.kind != "readout":
+                        if p.kind not in READOUT_KINDS:
                             spikes[p.name][t, sample] = chw
-                        elif t == T - 1:
+                        elif t == T - 1 and p.kind == "readout":
                             readouts[p.name][sample] = chw
             done += steps
             log(f"[lava] {done}/{total} steps")
         run_s = time.perf_counter() - t1
         recorded = _read_monitors(qg, pops, monitors, period, batch)
+        for name in [p.name for p in qg.populations if p.kind == "li"]:  # v_{T-1}: the readout
+            readouts[name] = recorded[name]["v"][T - 1]
+            if name in li:  # probed for the readout only
+                del recorded[name]
     finally:
         if source.runtime is not None:
             source.stop()
@@ -210,7 +218,7 @@ def _monitors(qg, pops, neuron_models, states, total: int, model_map: dict) -> d
 
     monitors = {}
     for name in states:
-        if not neuron_models.get(name, "").endswith("PyLifResetModelBitAcc"):
+        if not neuron_models.get(name, "").endswith(("PyLifResetModelBitAcc", "ResetModel")):
             raise SpikedetError(
                 "state recording covers populations computed by Lava's LIF only",
                 f"population {name}",

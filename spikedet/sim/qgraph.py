@@ -7,7 +7,9 @@ Population kinds (§3.2): ``ilif`` (graded spikes 0..D, soft reset), ``lif`` (bi
 hard reset, integer threshold ``vth``), ``maxpool`` (no state: the integer max-pool of its
 source population ``src``, one step later, no incoming synapse), ``readout`` (integrator) and
 ``cuba`` (Loihi's CUBA LIF as Lava's bit-accurate model computes it, §3.6: current u and
-voltage v, Lava's own parameters du, dv, vth, bias mantissa and exponent, a periodic reset).
+voltage v, Lava's own parameters du, dv, vth, bias mantissa and exponent, a periodic reset,
+a reset mode and a constant current input ``u_bias``) and ``li`` (the same arithmetic with the
+threshold out of reach, read out as v: NIR LI / CubaLI, §4.5).
 Synapses may write a channel range of their destination (``out_offset``, §2.7), repeat
 their output nearest-neighbour (``upsample``, §2.8) and use a dilated kernel (``dilation``).
 """
@@ -26,8 +28,10 @@ from spikedet.sim.qgraph_cuba import check_cuba, cuba_fields
 
 STATE_BITS = 24
 DECAY_BITS = 12
-POP_KINDS = ("ilif", "lif", "maxpool", "readout", "cuba")
+POP_KINDS = ("ilif", "lif", "maxpool", "readout", "cuba", "li")
 SPIKING_KINDS = ("ilif", "lif", "maxpool", "cuba")  # kinds whose output others may read
+CUBA_KINDS = ("cuba", "li")  # Loihi's CUBA LIF arithmetic (§3.6)
+READOUT_KINDS = ("readout", "li")  # read out as their final value v_{T-1}, never send
 FILE_FORMAT = 2  # npz header format; 1 = before the lif / maxpool / out_offset / upsample fields
 
 
@@ -88,10 +92,16 @@ class QPopulation:
     bias_exp: int = 0  # cuba: effective bias = bias << bias_exp
     reset_interval: int = 0  # cuba: u, v <- 0 before logical steps t % interval == offset
     reset_offset: int = 0
+    reset_mode: str = "zero"  # cuba: v <- 0 after a spike, or "subtract": v <- v - (vth << 6)
+    # cuba: a constant current added to a_t, per channel or neuron; 2-D (R, n): row t at step t,
+    # the last row from then on (a bias that arrives late, §4.5)
+    u_bias: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(v) for v in self.shape)  # type: ignore[assignment]
         self.bias = np.asarray(self.bias, dtype=np.int64).reshape(-1)
+        self.u_bias = np.asarray(self.u_bias, dtype=np.int64)
+        self.u_bias = self.u_bias if self.u_bias.ndim == 2 else self.u_bias.reshape(-1)
         self.pool_kernel = _pair(self.pool_kernel)
         self.pool_stride = _pair(self.pool_stride)
         self.pool_padding = _pair(self.pool_padding)
@@ -103,11 +113,13 @@ class QPopulation:
             raise SpikedetError(f"unknown population kind {self.kind!r}", where)
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise SpikedetError(f"shape must be (C, H, W), got {self.shape}", where)
-        per_neuron = self.kind == "cuba" and self.bias.size == self.size
+        per_neuron = self.kind in CUBA_KINDS and self.bias.size == self.size
         if self.bias.shape != (self.shape[0],) and not per_neuron:
             raise SpikedetError(f"bias has {self.bias.shape}, expected ({self.shape[0]},)", where)
-        if self.kind == "cuba":
+        if self.kind in CUBA_KINDS:
             check_cuba(self, where)
+        elif self.reset_mode != "zero" or self.u_bias.size:
+            raise SpikedetError("reset_mode and u_bias are fields of cuba populations", where)
         if self.kind == "maxpool":
             self._check_maxpool(where)
         elif self.theta < 2 or self.theta % 2:
@@ -157,7 +169,7 @@ class QSynapse:
     upsample: int = 1  # nearest-neighbour factor applied to the (wrapped) conv output (§2.8)
     dilation: tuple[int, int] = (1, 1)  # kernel tap spacing (H, W), as torch's Conv2d
     # logical steps: dst at step t reads src at t - lag (a NIR recurrent edge or Delay, §4.4);
-    # lag >= 1 lets a synapse return to its own population (a recurrent self-synapse)
+    # lag >= 1 lets a synapse point back (a recurrent self-synapse, or a cycle of several)
     lag: int = 0
 
     def __post_init__(self) -> None:
@@ -225,7 +237,7 @@ class QuantGraph:
             where = f"synapse {s.name}"
             if s.src not in order or s.dst not in order or s.dst == "input":
                 raise SpikedetError(f"unknown endpoint {s.src} -> {s.dst}", where)
-            if order[s.src] >= order[s.dst] and not (s.lag >= 1 and s.src == s.dst):
+            if order[s.src] >= order[s.dst] and s.lag < 1:  # a lagged synapse may point back
                 raise SpikedetError("populations are not in topological order", where)
             if s.src != "input" and self.pop(s.src).kind not in SPIKING_KINDS:
                 raise SpikedetError("a readout cannot be a synapse source", where)
@@ -308,7 +320,7 @@ class QuantGraph:
                     "pool_kernel": list(p.pool_kernel),
                     "pool_stride": list(p.pool_stride),
                     "pool_padding": list(p.pool_padding),
-                    **(cuba_fields(p) if p.kind == "cuba" else {}),
+                    **(cuba_fields(p) if p.kind in CUBA_KINDS else {}),
                 }
             )
         for i, s in enumerate(self.synapses):

@@ -1,4 +1,5 @@
-"""Validation and serialization of the ``cuba`` population kind (docs/semantics.md §3.6).
+"""Validation and serialization of the ``cuba`` and ``li`` population kinds (docs/semantics.md
+§3.6, §4.5).
 
 Kept out of ``spikedet.sim.qgraph`` (which calls it) so that module stays small; it works on
 the QPopulation it is given and does not import it.
@@ -17,12 +18,15 @@ CUBA_BIAS_BITS = 13  # bias mantissa, signed
 CUBA_BIAS_EXP_MAX = 7  # bias exponent, 3 bits unsigned
 CUBA_VTH_BITS = 17  # threshold mantissa, unsigned; the threshold is vth << 6
 CUBA_HEADER_KEYS = ("du", "bias_exp", "reset_interval", "reset_offset")
+RESET_MODES = ("zero", "subtract")  # v <- 0, or v <- v - (vth << 6), after a spike
+U_BIAS_LIMIT = 1 << 17  # |u_bias| << 6 stays inside the 24-bit current
 
 
 def check_cuba(pop: Any, where: str) -> None:
-    """Lava's register ranges and a periodic reset inside its interval; SpikedetError if not."""
+    """Lava's register ranges, a periodic reset inside its interval, a known reset mode and a
+    constant current ``u_bias`` per channel or neuron within 18 bits; SpikedetError if not."""
     half = 1 << (CUBA_BIAS_BITS - 1)
-    bias = pop.bias
+    bias, u_bias = pop.bias, pop.u_bias
     interval, offset = pop.reset_interval, pop.reset_offset
     problems = [
         (pop.D == 1, f"a cuba population has D = 1, got {pop.D}"),
@@ -38,6 +42,15 @@ def check_cuba(pop: Any, where: str) -> None:
             (interval == 0 and offset == 0) or 0 <= offset < interval,
             f"reset_offset={offset} is not in 0..reset_interval-1 (interval {interval})",
         ),
+        (pop.reset_mode in RESET_MODES, f"reset_mode {pop.reset_mode!r} not in {RESET_MODES}"),
+        (
+            not u_bias.size or u_bias.shape[-1] in (pop.shape[0], pop.size),
+            f"u_bias {u_bias.shape} does not hold one value per channel or neuron",
+        ),
+        (
+            not u_bias.size or int(abs(u_bias).max()) < U_BIAS_LIMIT,
+            f"u_bias up to {abs(u_bias).max(initial=0)} is not below 2^17",
+        ),
     ]
     for ok, what in problems:
         if not ok:
@@ -45,5 +58,11 @@ def check_cuba(pop: Any, where: str) -> None:
 
 
 def cuba_fields(pop: Any) -> dict:
-    """Header fields only cuba populations have (absent otherwise, so older files stay equal)."""
-    return {k: getattr(pop, k) for k in CUBA_HEADER_KEYS}
+    """Header fields only cuba populations have (absent otherwise, so older files stay equal);
+    the reset mode and the constant current only where they are not the defaults."""
+    fields = {k: getattr(pop, k) for k in CUBA_HEADER_KEYS}
+    if pop.reset_mode != "zero":
+        fields["reset_mode"] = pop.reset_mode
+    if pop.u_bias.any():
+        fields["u_bias"] = pop.u_bias.tolist()
+    return fields

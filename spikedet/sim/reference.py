@@ -46,12 +46,14 @@ class ReferenceEngine:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def _graph(self) -> Any:
+        """The graph to build the executor from; a file is read with its big conv weights
+        left on disk (``load_lazy``), compacted as the executor reads them, and not kept."""
         if self.nir_graph is None:
             raise SpikedetError("the reference engine needs the NIR graph", "engine reference")
         if isinstance(self.nir_graph, (str, Path)):
-            from spikedet.deploy.nir_read import load_nir
+            from spikedet.convert.nir_torch_weights import load_lazy
 
-            self.nir_graph = load_nir(self.nir_graph)
+            return load_lazy(self.nir_graph)
         return self.nir_graph
 
     def run_float(
@@ -60,7 +62,8 @@ class ReferenceEngine:
         """Run on float input [B, C, H, W] (every step) or [T, B, C, H, W], ``batch`` samples
         at a time (bounded device memory).
 
-        Returns (spikes: population -> int64 [T, B, C, H, W], readouts: name -> float32
+        Returns (spikes: population -> integer counts [T, B, C, H, W] in the narrowest exact
+        type (int8 for D <= 127, as the fixed engine's), readouts: name -> float32
         [B, C, H, W], the time-averaged integrator values).
         """
         ok, why = self.available()
@@ -73,21 +76,24 @@ class ReferenceEngine:
         device = self.device = self._device(torch)
         if self._executor is None:  # built once: it holds the graph's tensors on the device
             self._executor = NIRExecutor(self._graph(), device=device)
+        executor = self._executor
+        spike_dtype = executor.spike_dtype_for()
         x_all = np.asarray(x_float, dtype=np.float32)
         axis = 1 if x_all.ndim == 5 else 0  # the batch axis
         spikes: dict[str, list[np.ndarray]] = {}
         readouts: dict[str, list[np.ndarray]] = {}
         for start in range(0, max(1, x_all.shape[axis]), max(1, batch)):
-            part = np.take(x_all, range(start, min(start + batch, x_all.shape[axis])), axis=axis)
-            with torch.no_grad():
-                result = self._executor.run(torch.as_tensor(part, device=device), T)
+            stop = min(start + batch, x_all.shape[axis])
+            part = x_all[:, start:stop] if axis else x_all[start:stop]
+            result = executor.run(torch.as_tensor(part, device=device), T, spike_dtype=spike_dtype)
             for name, s in result.spikes.items():
-                spikes.setdefault(name, []).append(s.detach().cpu().numpy().astype(np.int64))
+                spikes.setdefault(name, []).append(s.detach().cpu().numpy())
             for name, r in result.readouts.items():
                 readouts.setdefault(name, []).append(r.detach().cpu().numpy().astype(np.float32))
+            del result
         return (
-            {name: np.concatenate(parts, axis=1) for name, parts in spikes.items()},
-            {name: np.concatenate(parts, axis=0) for name, parts in readouts.items()},
+            {name: _joined(parts, 1) for name, parts in spikes.items()},
+            {name: _joined(parts, 0) for name, parts in readouts.items()},
         )
 
     def run(self, qg: QuantGraph, x_int: np.ndarray) -> EngineResult:
@@ -109,6 +115,10 @@ class ReferenceEngine:
             engine=self.name,
             info={"readouts_float": floats, "device": self.device},
         )
+
+
+def _joined(parts: list[np.ndarray], axis: int) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)
 
 
 def agreement(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,22 +28,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from spikedet.errors import SpikedetError
+from spikedet.ranks import ProcessRanks
 
-
-@dataclass(frozen=True)
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # this code created the process group (and destroys it)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+DistContext = ProcessRanks  # the training ranks: the one definition training and deploy share
 
 
 def init_distributed(device: str) -> DistContext:

@@ -87,6 +87,19 @@ def long_delay() -> nir.NIRGraph:  # 100 steps of dt = 1e-4: above Loihi 2's 6-b
     return graph(nodes, chain("input", "fc", "wait", "lif", "output"))
 
 
+def li_readout() -> nir.NIRGraph:  # a decaying readout (LI, tau = 1e-3 s)
+    li = nir.LI(tau=np.full(3, 1e-3, np.float32), r=np.ones(3, np.float32),
+                v_leak=np.zeros(3, np.float32))  # fmt: skip
+    return graph({"fc": nir.Linear(weight=np.ones((3, 2), np.float32)), "li": li},
+                 chain("input", "fc", "li", "output"))  # fmt: skip
+
+
+def uneven_threshold() -> nir.NIRGraph:  # a Threshold population with 3 different thresholds
+    return graph({"fc": nir.Linear(weight=np.ones((3, 2), np.float32)),
+                  "step": nir.Threshold(threshold=f32(0.5, 1.0, 1.5))},
+                 chain("input", "fc", "step", "output"))  # fmt: skip
+
+
 GRAPHS: dict[str, tuple[Callable, str, list[str]]] = {
     "unknown-node-type": (unknown_type, "", []),
     "weight-wrong-width": (wrong_width, "node fc", []),
@@ -96,7 +109,9 @@ GRAPHS: dict[str, tuple[Callable, str, list[str]]] = {
     "cycle-of-linear-nodes": (linear_cycle, "no neuron", []),
     # tau = 1e-3 s with dt = 0.01 s: the Euler factor 1 - dt/tau = -9
     "dt-makes-neuron-unstable": (good, "node lif", ["--dt", "0.01"]),
-    "reset-subtract-has-no-integer-form": (good, "node lif", ["--reset", "subtract"]),
+    # LI readouts and reset by subtraction deploy (§4.5); an unstable LI dt is still refused
+    "li-readout-dt-unstable": (li_readout, "node li", ["--dt", "0.01", "--reset", "subtract"]),
+    "threshold-varies-across-neurons": (uneven_threshold, "node step", ["--dt", "1"]),
     "delay-beyond-delay-bits": (long_delay, "6-bit delays", ["--dt", "1e-4"]),
 }
 

@@ -7,16 +7,22 @@ grouping changes (``local_graph``: the layer re-wired through its partial sums b
 
 Every edge is one hardware step (docs/semantics.md §3.3); a population's hardware depth is
 max over its incoming edges of depth(source) + 1, over the graph with its partial sums, and an
-edge needs delay = depth(dst) - depth(src) - 1 extra steps. A partial sum is computed in the step
+edge needs delay = depth(dst) - depth(src) - 1 extra steps. An edge of a synapse with a logical
+lag L (a NIR Delay or recurrent edge, §4.4: its destination's step t reads its source's step
+t - L) needs delay = depth(dst) - depth(src) - 1 + L, and depth(dst) >= depth(src) + 1 - L is
+all it asks of the depths (the least depths >= 1, relaxed around cycles; a fan-in split inside
+a cycle whose lag has no step to spare has none and is refused naming an edge of the loop).
+So a Delay's steps are synaptic delay like any alignment delay, and beyond the delay bits they
+go through relay stages like any long delay. A partial sum is computed in the step
 just before its neuron reads it: its depth is pinned to depth(layer) - 1, so the alignment delays
 sit on the synapses into the partial sums and the identity synapse to the neuron has none. The
 depths, the delays and therefore the relays then depend only on *which* layers are split, not on
 how their input channels are grouped (the grouping search relies on this).
 
 Long skip connections (a backbone current read again by the neck) can need more than the
-largest synaptic delay L = 2^delay_bits - 1. Such a source S is then relayed: relay stage k is a population ``S/relay<k>`` of S's shape
-that receives S's spikes (identity synapse, delay L) from stage k - 1 and sends them on, so it
-holds S delayed by k·(L + 1) steps; an edge needing delay d reads stage k = ceil((d - L) /
+largest synaptic delay L = 2^delay_bits - 1, and so can a long NIR Delay. Such a source S is
+then relayed: relay stage k is a population ``S/relay<k>`` of S's shape that receives S's
+spikes (identity synapse, delay L) from stage k - 1 and sends them on, so it holds S delayed by k·(L + 1) steps; an edge needing delay d reads stage k = ceil((d - L) /
 (L + 1)) with the remaining delay d - k·(L + 1) in 0..L. A relay forwards the exact integer
 (graded payload, or the same unit spikes in binary mode), so results do not change; each stage
 costs its compartments, one synop and one update per forwarded spike, and its messages. Stages
@@ -30,22 +36,43 @@ import numpy as np
 
 from spikedet.deploy.mapping.geometry import HwEdge, HwGraph, HwPop
 from spikedet.deploy.mapping.psums import PsumPlan, split_layer
+from spikedet.errors import SpikedetError
 from spikedet.sim.qgraph import QuantGraph
 
 
 def hw_depths(hw: HwGraph, fixed: dict[str, int] | None = None) -> dict[str, int]:
-    """Hardware depth of every population: each edge is one step; ``fixed`` depths (relays,
-    whose input synapse carries a delay) are taken as given; partial sums are then pinned to
-    depth(layer) - 1 (never earlier than their inputs allow, since the layer reads them)."""
+    """Hardware depth of every population: the least depths >= 1 with depth(dst) >= depth(src)
+    + 1 - lag for every edge (module docstring); ``fixed`` depths (relays, whose input synapse
+    carries a delay) are taken as given; a partial sum is pinned to depth(layer) - 1 (never
+    earlier than its inputs allow, since the layer reads it). Without lags one pass in
+    topological order; with them (a cycle's backward edge may push an earlier population
+    deeper) passes until nothing moves. A fan-in split inside a cycle adds a hardware step to
+    the loop: where its lag has none to spare no depths exist, a SpikedetError naming an
+    edge of the loop."""
     depth = {"input": 0, **(fixed or {})}
-    for p in hw.pops:
-        if p.name not in depth:
-            # a self-synapse (NIR recurrence, semantics §4.4) does not set the depth
-            depth[p.name] = max(depth[e.src] + 1 for e in hw.incoming(p.name) if e.src != p.name)
-    for p in hw.pops:
-        if p.kind == "psum":
-            depth[p.name] = depth[p.layer] - 1
-    return depth
+    lagged = any(e.lag for e in hw.edges)
+    for _ in range(len(hw.pops) + 2):
+        moved = False
+        for p in hw.pops:
+            if p.name in (fixed or {}):
+                continue
+            ins = [depth[e.src] + 1 - e.lag for e in hw.incoming(p.name) if e.src in depth]
+            best = max([1, *ins]) if lagged else max(ins)
+            if best > depth.get(p.name, 0):
+                depth[p.name], moved = best, True
+        for p in hw.pops:
+            if p.kind == "psum" and depth[p.layer] - 1 > depth[p.name]:
+                depth[p.name], moved = depth[p.layer] - 1, True
+        if not moved or not lagged:
+            return depth
+    short = [e for e in hw.edges if depth[e.dst] - depth[e.src] - 1 + e.lag < 0]
+    split = sorted({p.layer for p in hw.pops if p.kind == "psum"})
+    edge = short[0] if short else hw.edges[0]
+    raise SpikedetError(
+        f"a cycle through split layer(s) {', '.join(split)}: each fan-in split adds a hardware "
+        "step to the loop and the graph's lag has none to spare (add a Delay to the cycle)",
+        f"synapse {edge.synapse or edge.name}",
+    )
 
 
 def relay_stage(need: int, limit: int) -> int:
@@ -61,7 +88,7 @@ def relayed_source(e: HwEdge, need: int, limit: int) -> str:
 
 def edge_delays(hw: HwGraph, depth: dict[str, int]) -> dict[str, int]:
     """Extra steps per edge (name -> delay) that align its source on its destination."""
-    return {e.name: depth[e.dst] - depth[e.src] - 1 for e in hw.edges}
+    return {e.name: depth[e.dst] - depth[e.src] - 1 + e.lag for e in hw.edges}
 
 
 def _identity(name: str, src: str, dst: str, channels: int) -> HwEdge:
@@ -79,7 +106,7 @@ def apply_relays(hw: HwGraph, limit: int) -> tuple[HwGraph, dict[str, int]]:
     stages: dict[str, int] = {}  # source -> relay stages it needs
     owner: dict[str, str] = {}
     for e in hw.edges:
-        k = relay_stage(depth[e.dst] - depth[e.src] - 1, limit)
+        k = relay_stage(depth[e.dst] - depth[e.src] - 1 + e.lag, limit)
         if k:
             stages[e.src] = max(stages.get(e.src, 0), k)
             owner.setdefault(e.src, hw.pop(e.dst).layer)
@@ -100,7 +127,7 @@ def apply_relays(hw: HwGraph, limit: int) -> tuple[HwGraph, dict[str, int]]:
         relay_pops[src] = chain
     edges = []
     for e in hw.edges:
-        src = relayed_source(e, depth[e.dst] - depth[e.src] - 1, limit)
+        src = relayed_source(e, depth[e.dst] - depth[e.src] - 1 + e.lag, limit)
         edges.append(e if src == e.src else HwEdge(**{**vars(e), "src": src}))
     pops = []
     for p in hw.pops:  # a chain goes right after its source (its stages' order is topological
@@ -132,7 +159,10 @@ def local_graph(
     moved = [] if depth is not None else edges  # no depths: no relays (estimates on ``view``)
     for e in edges if depth is not None else []:
         dst_depth = depth[name] - (e.dst != name)
-        src = e.src if e.kind == "psum" else relayed_source(e, dst_depth - depth[e.src] - 1, limit)
+        if e.kind == "psum":  # a partial sum into its neuron: no delay
+            moved.append(e)
+            continue
+        src = relayed_source(e, dst_depth - depth[e.src] - 1 + e.lag, limit)
         moved.append(e if src == e.src else HwEdge(**{**vars(e), "src": src}))
     out = work.outgoing(name)
     own = {p.name for p in pops}

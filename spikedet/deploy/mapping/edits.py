@@ -25,7 +25,7 @@ def restrict(
         return None
     return HwEdge(
         name or e.name, e.src, dst, e.kind, e.kernel, e.stride, e.padding, e.upsample,
-        ch_lo, ch_hi, ch_hi - ch_lo, e.synapse,
+        ch_lo, ch_hi, ch_hi - ch_lo, e.synapse, lag=e.lag,
     )  # fmt: skip
 
 
@@ -36,7 +36,7 @@ def masked(e: HwEdge, keep: np.ndarray) -> HwEdge | None:
         return None
     return HwEdge(
         e.name, e.src, e.dst, e.kind, e.kernel, e.stride, e.padding, e.upsample,
-        ch_lo, ch_hi, np.where(keep, e.weights, 0), e.synapse,
+        ch_lo, ch_hi, np.where(keep, e.weights, 0), e.synapse, lag=e.lag,
     )  # fmt: skip
 
 

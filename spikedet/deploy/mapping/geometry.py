@@ -35,8 +35,9 @@ SPIKING = SPIKING_KINDS
 
 
 def levels_of(qg: QuantGraph, pop: QPopulation) -> int:
-    """Spike levels D of a population: I-LIF its D, LIF 1, max-pool its source's, readout 0."""
-    return {"ilif": int(pop.D), "lif": 1, "maxpool": int(pop.D)}.get(pop.kind, 0)
+    """Spike levels D of a population: I-LIF its D, LIF and cuba 1, max-pool its source's,
+    readouts (readout, li) 0."""
+    return {"ilif": int(pop.D), "lif": 1, "cuba": 1, "maxpool": int(pop.D)}.get(pop.kind, 0)
 
 
 def max_source_value(qg: QuantGraph, src: str) -> int:
@@ -80,6 +81,7 @@ class HwEdge:
     synapse: str = ""  # the QSynapse this edge realizes (all or part of)
     copies: int = 1  # stands for this many identical edges from distinct sources (tile search)
     weight_bits: int = 0  # bits of one stored weight as fitted to its integers (0: profile's)
+    lag: int = 0  # logical steps the synapse delays its source (NIR recurrence, Delay; §4.4)
 
     @property
     def taps(self) -> int:
@@ -137,6 +139,7 @@ def conv_edge(qg: QuantGraph, s: QSynapse) -> HwEdge:
     return HwEdge(
         s.name, s.src, s.dst, "conv", tuple(s.weight.shape[2:]), tuple(s.stride),
         tuple(s.padding), up, lo, hi, hi - lo, s.name, weight_bits=fitted_weight_bits(s.weight),
+        lag=s.lag,
     )  # fmt: skip
 
 

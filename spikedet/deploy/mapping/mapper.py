@@ -59,7 +59,8 @@ candidates first and for all of them at once only when those exceed it (same cho
 Time: every edge is one hardware step; hardware depths are recomputed over the split graph (a
 split layer is one step deeper than its logical depth, and so is everything after it). A delay
 longer than ``delay_bits`` allows is realized by relay stages of its source (``delays``;
-exact, counted as cores and activity of the source's layer), so delays never refuse a graph.
+exact, counted as cores and activity of the source's layer), NIR Delay lags included, so
+delays refuse a graph only where a split layer lengthens a cycle that has no lag to spare.
 Depths and relays depend on which layers are split, not on their grouping.
 Precision (``precision``): max |weight| fits ``weight_bits``, the 24-bit state and
 12-bit decays of §3 fit the profile, the 8-bit graded input fits the payload; graded deployment
